@@ -1,0 +1,131 @@
+"""Relax module -> built artifact: model.so (+ kernels.cl for OpenCL) and manifest.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from compile import frontend, toolchain
+from compile.errors import UserError
+from compile.variants import Variant
+from targets.profiles import Profile
+
+ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm"}
+LIBRARY = "model.so"
+MANIFEST = "manifest.json"
+KERNELS = "kernels.cl"
+
+
+def elf_machine(path: str | Path) -> str:
+    """The CPU architecture an ELF file is built for, read from its header."""
+    header = Path(path).read_bytes()[:20]
+    if header[:4] != b"\x7fELF":
+        raise UserError(f"{path} is not an ELF shared library.")
+    return ELF_MACHINES.get(int.from_bytes(header[18:20], "little"), f"unknown-{header[18:20].hex()}")
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class ModelSource:
+    """What is being built: a .tflite file, and the generated variant it came from, if any."""
+
+    path: Path
+    variant: Variant | None = None
+    dtype: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.variant is not None:
+            return f"mnv2_{self.variant.tag}_{self.dtype}"
+        return self.path.stem
+
+
+def compile_relax(mod, profile: Profile, tuning=None):
+    """Compile a Relax module for a profile; with a tuning database, its schedules are applied."""
+    import tvm
+    from tvm import relax
+
+    target = profile.tvm_target()
+    if tuning is not None:
+        return tuning.compile(mod, target)
+    with target:
+        return tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+
+
+def opencl_source(executable) -> str:
+    """All OpenCL C of a built GPU executable; empty when no OpenCL module came out."""
+    chunks = []
+    pending = list(executable.mod.imports)
+    while pending:
+        module = pending.pop(0)
+        if module.kind == "opencl":
+            chunks.append(module.inspect_source("cl"))
+        pending.extend(module.imports)
+    return "\n".join(chunks)
+
+
+def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print) -> dict:
+    """Build source for profile into out_dir; return (and write) the manifest."""
+    import tvm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    progress(f"[import] {source.path}")
+    mod, info = frontend.load_relax(source.path)
+    fcompile = toolchain.fcompile_for(profile)  # fail on a missing toolchain before compiling
+    progress(f"[compile] {source.name} for {profile.name} ({profile.tvm_target().kind.name})")
+    executable = compile_relax(mod, profile, tuning)
+    kernels = None
+    if profile.is_gpu:
+        kernels = opencl_source(executable)
+        if "__kernel" not in kernels:
+            raise UserError(
+                f"Building for {profile.name} produced no OpenCL kernels, only host code: the GPU "
+                f"schedules were not applied. This is a bug in the build pipeline; please report it."
+            )
+        (out_dir / KERNELS).write_text(kernels)
+    library = out_dir / LIBRARY
+    progress(f"[link] {library}")
+    executable.export_library(str(library), fcompile=fcompile)
+    machine = elf_machine(library)
+    if machine != profile.machine:
+        raise UserError(f"{library} was linked for {machine}, but {profile.name} needs {profile.machine}.")
+    model_copy = out_dir / "model.tflite"
+    if source.path.resolve() != model_copy.resolve():
+        shutil.copyfile(source.path, model_copy)
+    manifest = {
+        "name": source.name,
+        "model": {
+            "source": str(source.path),
+            "sha256": info.sha256,
+            "size_bytes": info.size_bytes,
+            "ops": info.ops,
+            "variant": None if source.variant is None else {
+                "width": source.variant.width, "resolution": source.variant.resolution,
+                "dtype": source.dtype, "macs": source.variant.macs, "params": source.variant.params,
+            },
+        },
+        "inputs": [vars(t) for t in info.inputs],
+        "outputs": [vars(t) for t in info.outputs],
+        "target": {"profile": profile.name, "tvm": profile.tvm_target().export()},
+        "tvm_version": tvm.__version__,
+        "tuning": tuning.summary() if tuning is not None else {"database": None, "tasks": None, "tuned_tasks": 0},
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "library": {"file": LIBRARY, "machine": machine, "size_bytes": library.stat().st_size,
+                    "sha256": sha256_file(library)},
+        "opencl_kernels": None if kernels is None else {"file": KERNELS, "count": kernels.count("__kernel")},
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    progress(f"[done] {out_dir} ({manifest['build_seconds']:.1f} s, {manifest['library']['size_bytes'] / 1e6:.1f} MB)")
+    return manifest
+
+
+def read_manifest(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / MANIFEST).read_text())

@@ -1,0 +1,113 @@
+"""Build MobileNetV2 variants (or any .tflite) into deployable TVM artifacts.
+
+    python compile/build.py --target arm_cpu --width 1.0
+    python compile/build.py --list-variants [--json]
+    python compile/build.py --list-targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # `python compile/build.py` puts compile/ first on sys.path, where its modules would shadow
+    # libraries; the project root takes its place so `compile`, `deploy` and `targets` import.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from compile.cli_common import run_main  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="arm_cpu", help="device profile in targets/ (default: arm_cpu)")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier, 0.35-1.4 (default 1.0)")
+    parser.add_argument("--res", type=int, default=224, help="input resolution, 96-224 (default 224)")
+    parser.add_argument("--dtype", default="float32", help="float32 or int8 (default float32)")
+    parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
+    parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/)")
+    parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
+    parser.add_argument("--all-variants", action="store_true", help="build the 22 published variants")
+    parser.add_argument("--bundle-runtime", action="store_true", help="copy the matching TVM runtime beside the model")
+    parser.add_argument("--verify", action="store_true", help="host target only: run and check against LiteRT")
+    parser.add_argument("--force", action="store_true", help="rebuild even when dist/ is up to date")
+    parser.add_argument("--list-variants", action="store_true", help="print the 22 published variants")
+    parser.add_argument("--list-targets", action="store_true", help="print the device profiles")
+    parser.add_argument("--json", action="store_true", help="with --list-*: print JSON")
+    return parser.parse_args(argv)
+
+
+def list_variants(as_json: bool) -> None:
+    from compile.variants import OFFICIAL_TABLE, official_variants
+
+    rows = [{"width": v.width, "resolution": v.resolution, "macs": v.macs, "params": v.params}
+            for v in official_variants()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    print(f"{'width':>5} {'res':>4} {'MMACs':>8} {'table':>6} {'Mparams':>8} {'table':>6}")
+    for row in rows:
+        macs, params = OFFICIAL_TABLE[(row["width"], row["resolution"])]
+        print(f"{row['width']:>5} {row['resolution']:>4} {row['macs'] / 1e6:>8.1f} {macs:>6} "
+              f"{row['params'] / 1e6:>8.3f} {params:>6}")
+
+
+def list_targets(as_json: bool) -> None:
+    from targets.profiles import all_profiles
+
+    profiles = all_profiles()
+    if as_json:
+        print(json.dumps([p.to_dict() for p in profiles], default=str))
+        return
+    for p in profiles:
+        print(f"{p.name:<14} {p.description}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list_variants:
+        list_variants(args.json)
+        return 0
+    if args.list_targets:
+        list_targets(args.json)
+        return 0
+    from compile import pipeline, runtime_bundle
+
+    request = pipeline.BuildRequest(
+        target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
+        tuning_log=args.tuning_log, out=args.out or pipeline.DEFAULT_OUT, all_variants=args.all_variants,
+        force=args.force,
+    )
+    manifests = pipeline.build(request)
+    out_dirs = [Path(request.out) / m["target"]["profile"] / m["name"] for m in manifests]
+    if args.bundle_runtime:
+        for out_dir in out_dirs:
+            runtime_bundle.bundle(out_dir, manifests[0]["library"]["machine"], progress=print)
+    if args.verify:
+        return verify(args.target, out_dirs)
+    return 0
+
+
+def verify(target: str, out_dirs: list[Path]) -> int:
+    from compile.errors import UserError
+    from deploy.check import check_artifact
+    from deploy.session import LocalSession
+
+    if target != "host":
+        raise UserError("--verify runs the model on this machine, so it needs --target host; "
+                        "check other targets on their device with deploy/bench.py.")
+    failed = 0
+    with LocalSession() as session:
+        for out_dir in out_dirs:
+            result = check_artifact(out_dir, session)
+            worst = max(c.relative_error for c in result.checks)
+            print(f"[verify] {out_dir}: {'OK' if result.ok else 'MISMATCH'} against LiteRT "
+                  f"(worst relative error {worst:.1e})" + ("" if result.ok else ": " + "; ".join(result.problems)))
+            failed += not result.ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_main(main)

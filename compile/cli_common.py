@@ -1,0 +1,19 @@
+"""What every command line here shares: bad input becomes a message and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+
+def run_main(main) -> None:
+    """Run main(); print a UserError as one paragraph and exit 2; Ctrl-C exits 130."""
+    from compile.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume.", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,97 @@
+"""The main job as a plain API: pick the model, build it for a target, record what was built.
+
+`compile/build.py` is the command line over this module; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from compile import artifact, generate
+from compile.errors import UserError
+from compile.variants import Variant, official_variants
+from targets.profiles import Profile, load_profile
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = PROJECT_ROOT / "dist"
+TUNING_ROOT = PROJECT_ROOT / "tuning_logs"
+
+
+@dataclass
+class BuildRequest:
+    target: str = "arm_cpu"
+    width: float = 1.0
+    resolution: int = 224
+    dtype: str = "float32"
+    model: Path | None = None  # any .tflite instead of a generated variant
+    tuning_log: Path | None = None  # default: tuning_logs/<target>/ when it exists
+    out: Path = DEFAULT_OUT
+    all_variants: bool = False
+    force: bool = False  # rebuild even when dist/ already holds the same build
+
+
+def artifact_dir(out: Path, profile: Profile, source: artifact.ModelSource) -> Path:
+    return Path(out) / profile.name / source.name
+
+
+def generated_source(variant: Variant, dtype: str, out: Path) -> artifact.ModelSource:
+    """Write the variant's .tflite under out/models/ (reused when present) and describe it."""
+    path = Path(out) / "models" / f"mnv2_{variant.tag}_{dtype}.tflite"
+    if not path.exists():
+        generate.write_variant(variant, dtype, path)
+    return artifact.ModelSource(path, variant, dtype)
+
+
+def sources(request: BuildRequest) -> list[artifact.ModelSource]:
+    if request.model is not None:
+        if request.all_variants:
+            raise UserError("--model and --all-variants exclude each other: build one file, or the 22 variants.")
+        return [artifact.ModelSource(Path(request.model))]
+    if request.dtype not in generate.DTYPES:
+        raise UserError(f"Unknown --dtype {request.dtype!r}: use {' or '.join(generate.DTYPES)}.")
+    variants = official_variants() if request.all_variants else [Variant(request.width, request.resolution)]
+    return [generated_source(v, request.dtype, request.out) for v in variants]
+
+
+def tuning_for(request: BuildRequest, profile: Profile):
+    """The tuning database to apply: --tuning-log, else tuning_logs/<target>/ when it holds one."""
+    from compile import tuning
+
+    path = Path(request.tuning_log) if request.tuning_log else TUNING_ROOT / profile.name
+    if request.tuning_log and not tuning.has_database(path):
+        raise UserError(f"--tuning-log {path} holds no MetaSchedule database (database_workload.json).")
+    return tuning.TuningDatabase(path) if tuning.has_database(path) else None
+
+
+def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, tuning) -> bool:
+    try:
+        manifest = artifact.read_manifest(out_dir)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (
+        (out_dir / artifact.LIBRARY).exists()
+        and manifest["model"]["sha256"] == artifact.sha256_file(source.path)
+        and manifest["target"]["tvm"] == json.loads(json.dumps(profile.tvm_target().export(), default=str))
+        and manifest["tuning"].get("fingerprint") == (tuning.fingerprint() if tuning else None)
+    )
+
+
+def build(request: BuildRequest, progress=print) -> list[dict]:
+    """Build every requested model for the target; returns one manifest per artifact."""
+    profile = load_profile(request.target)
+    tuning = tuning_for(request, profile)
+    manifests = []
+    todo = sources(request)
+    for index, source in enumerate(todo, 1):
+        out_dir = artifact_dir(request.out, profile, source)
+        prefix = f"({index}/{len(todo)}) " if len(todo) > 1 else ""
+        if not request.force and _up_to_date(out_dir, source, profile, tuning):
+            progress(f"{prefix}[skip] {out_dir} is up to date")
+            manifests.append(artifact.read_manifest(out_dir))
+            continue
+        manifests.append(
+            artifact.build_artifact(source, profile, out_dir, tuning, progress=lambda m: progress(prefix + m))
+        )
+    return manifests

@@ -1,0 +1,197 @@
+"""MobileNetV2 as the paper's Table 2: layer list, channel rule, multiply-adds and parameters.
+
+A variant is (width multiplier, input resolution). Channel counts follow the reference
+implementations (TF-slim, Keras): scale by the width, round to a multiple of 8, never below 90% of
+the scaled value. The last 1x1 conv stays 1280 for widths <= 1.0 and is scaled above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compile.errors import UserError
+
+WIDTH_RANGE = (0.35, 1.4)
+RESOLUTION_RANGE = (96, 224)
+NUM_CLASSES = 1000
+
+# Table 2 of Sandler et al.: (expansion t, output channels c, repeats n, first stride s).
+BOTTLENECKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+STEM_CHANNELS = 32
+LAST_CHANNELS = 1280
+
+# The 22 published checkpoints and their table values (MACs and parameters, in millions).
+OFFICIAL_TABLE = {
+    (1.4, 224): (582, 6.06),
+    (1.3, 224): (509, 5.34),
+    (1.0, 224): (300, 3.47),
+    (1.0, 192): (221, 3.47),
+    (1.0, 160): (154, 3.47),
+    (1.0, 128): (99, 3.47),
+    (1.0, 96): (56, 3.47),
+    (0.75, 224): (209, 2.61),
+    (0.75, 192): (153, 2.61),
+    (0.75, 160): (107, 2.61),
+    (0.75, 128): (69, 2.61),
+    (0.75, 96): (39, 2.61),
+    (0.5, 224): (97, 1.95),
+    (0.5, 192): (71, 1.95),
+    (0.5, 160): (50, 1.95),
+    (0.5, 128): (32, 1.95),
+    (0.5, 96): (18, 1.95),
+    (0.35, 224): (59, 1.66),
+    (0.35, 192): (43, 1.66),
+    (0.35, 160): (30, 1.66),
+    (0.35, 128): (20, 1.66),
+    (0.35, 96): (11, 1.66),
+}
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round to a multiple of `divisor`, never below 90% of `value` (the reference rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One TFLite op of the network. Its output tensor is named after the layer."""
+
+    op: str  # "conv", "depthwise", "add", "mean", "fc", "softmax"
+    name: str
+    inputs: tuple[str, ...]
+    in_channels: int
+    out_channels: int
+    kernel: int = 1
+    stride: int = 1
+    relu6: bool = False
+    in_size: int = 1  # spatial side of the input feature map
+    out_size: int = 1
+
+    @property
+    def macs(self) -> int:
+        if self.op == "conv":
+            return self.out_size**2 * self.kernel**2 * self.in_channels * self.out_channels
+        if self.op == "depthwise":
+            return self.out_size**2 * self.kernel**2 * self.out_channels
+        if self.op == "fc":
+            return self.in_channels * self.out_channels
+        return 0
+
+    @property
+    def params(self) -> int:
+        """Weights plus bias, batch norm folded into them."""
+        if self.op == "conv":
+            return self.kernel**2 * self.in_channels * self.out_channels + self.out_channels
+        if self.op == "depthwise":
+            return self.kernel**2 * self.out_channels + self.out_channels
+        if self.op == "fc":
+            return self.in_channels * self.out_channels + self.out_channels
+        return 0
+
+
+@dataclass(frozen=True)
+class Variant:
+    width: float
+    resolution: int
+    num_classes: int = NUM_CLASSES
+
+    def __post_init__(self):
+        lo, hi = WIDTH_RANGE
+        if not lo <= self.width <= hi:
+            raise UserError(
+                f"Width multiplier {self.width} is out of range: MobileNetV2 variants take a width "
+                f"between {lo} and {hi} (the published ones are 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)."
+            )
+        lo, hi = RESOLUTION_RANGE
+        if not (isinstance(self.resolution, int) and lo <= self.resolution <= hi):
+            raise UserError(
+                f"Input resolution {self.resolution} is out of range: use a whole number of pixels "
+                f"between {lo} and {hi} (the published ones are 96, 128, 160, 192 and 224)."
+            )
+        if self.num_classes < 1:
+            raise UserError(f"The classifier needs at least one class, not {self.num_classes}.")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.width:g}_{self.resolution}"
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return build_layers(self.width, self.resolution, self.num_classes)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+    @property
+    def is_official(self) -> bool:
+        return (self.width, self.resolution) in OFFICIAL_TABLE
+
+
+def _same_out(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+def build_layers(width: float, resolution: int, num_classes: int) -> tuple[Layer, ...]:
+    """The op list of MobileNetV2 at this width and resolution, in execution order."""
+    layers: list[Layer] = []
+    size = resolution
+    channels = make_divisible(STEM_CHANNELS * width)
+    out = _same_out(size, 2)
+    layers.append(Layer("conv", "stem", ("input",), 3, channels, 3, 2, True, size, out))
+    size, current = out, "stem"
+    index = 0
+    for expansion, base_channels, repeats, first_stride in BOTTLENECKS:
+        out_channels = make_divisible(base_channels * width)
+        for repeat in range(repeats):
+            stride = first_stride if repeat == 0 else 1
+            prefix = f"block{index}"
+            block_input, in_channels = current, channels
+            hidden = in_channels * expansion
+            if expansion != 1:
+                layers.append(
+                    Layer("conv", f"{prefix}_expand", (current,), in_channels, hidden, 1, 1, True, size, size)
+                )
+                current = f"{prefix}_expand"
+            out = _same_out(size, stride)
+            layers.append(
+                Layer("depthwise", f"{prefix}_depthwise", (current,), hidden, hidden, 3, stride, True, size, out)
+            )
+            size = out
+            layers.append(
+                Layer("conv", f"{prefix}_project", (f"{prefix}_depthwise",), hidden, out_channels, 1, 1, False, size, size)
+            )
+            current = f"{prefix}_project"
+            if stride == 1 and in_channels == out_channels:
+                layers.append(
+                    Layer("add", f"{prefix}_add", (block_input, current), out_channels, out_channels, in_size=size, out_size=size)
+                )
+                current = f"{prefix}_add"
+            channels = out_channels
+            index += 1
+    last = make_divisible(LAST_CHANNELS * width) if width > 1.0 else LAST_CHANNELS
+    layers.append(Layer("conv", "head", (current,), channels, last, 1, 1, True, size, size))
+    layers.append(Layer("mean", "pool", ("head",), last, last, in_size=size))
+    layers.append(Layer("fc", "logits", ("pool",), last, num_classes))
+    layers.append(Layer("softmax", "probabilities", ("logits",), num_classes, num_classes))
+    return tuple(layers)
+
+
+def official_variants() -> list[Variant]:
+    """The 22 published checkpoints, widest and largest first."""
+    return [Variant(w, r) for (w, r) in sorted(OFFICIAL_TABLE, reverse=True)]

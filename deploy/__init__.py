@@ -1,0 +1,1 @@
+"""The RPC harness: sessions, upload, run, verify, time, report."""

@@ -1,0 +1,47 @@
+"""Run a built artifact in a session and check it against LiteRT on the host, on several inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compile.artifact import LIBRARY, read_manifest
+from compile.frontend import TensorInfo
+from compile.images import model_inputs
+from deploy import runner
+from deploy.reference import reference_outputs
+from deploy.verify import OutputCheck, check_outputs
+
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class ArtifactCheck:
+    artifact: str
+    checks: list[OutputCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{c.name}: {c.problem}" for c in self.checks if not c.ok]
+
+
+def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=None) -> ArtifactCheck:
+    """Load out_dir/model.so in the session and compare each output with LiteRT's.
+
+    `inputs` (a list of input lists) replaces the seeded synthetic inputs, e.g. with real photos.
+    """
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    input_infos = [TensorInfo(**t) for t in manifest["inputs"]]
+    output_names = [t["name"] for t in manifest["outputs"]]
+    device = session.device("opencl" if manifest.get("opencl_kernels") else "cpu")
+    vm = runner.load_vm(session.load(out_dir / LIBRARY), device)
+    result = ArtifactCheck(str(out_dir))
+    for values in inputs if inputs is not None else (model_inputs(input_infos, s) for s in seeds):
+        reference, spread = reference_outputs(out_dir / "model.tflite", values)
+        result.checks += check_outputs(output_names, reference, runner.run(vm, device, values), spread)
+    return result
