@@ -21,7 +21,7 @@ from compile.variants import Layer, build_layers
 # calibrated once per width at this resolution and reused for every resolution.
 CALIBRATION_RESOLUTION = 128
 CALIBRATION_IMAGES = 32
-RELU6_STD, RELU6_MEAN, PROJECT_STD, RESIDUAL_STD, FC_STD = 1.0, -0.5, 1.0, 0.3, 2.5
+RELU6_STD, RELU6_MEAN, PROJECT_STD, RESIDUAL_STD, FC_STD = 1.0, -0.5, 1.0, 0.2, 1.5
 
 
 def _weight_shape(layer: Layer) -> tuple[int, ...]:

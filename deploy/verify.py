@@ -1,10 +1,13 @@
 """Compare a device's outputs with LiteRT's on the same input.
 
-Float outputs: max abs error <= 1e-5 x max|reference| and the same top-1. Quantized outputs: every
-element within 1 LSB, or, where LiteRT's own two kernel paths (XNNPACK and the reference kernels)
-already disagree by more on this input, within that disagreement plus 1 LSB: a rounding step taken
-differently early in a deep int8 net spreads, in LiteRT as in TVM (4-8 LSB between LiteRT's paths
-on the trained MobileNetV2 with synthetic inputs), while a real bug moves outputs by far more.
+Float outputs: max abs error <= 1e-5 x max|reference| and the same top-1.
+
+Quantized outputs: within 1 LSB where LiteRT's own two kernel paths (XNNPACK and the plain
+reference kernels) agree on this input; where they already disagree by `spread` steps, within
+1 + 2 x spread. A rounding step taken differently early in a deep int8 net spreads through it, in
+LiteRT as in TVM (which lowers int8 ops as dequantize -> float op -> quantize): measured here,
+LiteRT's two paths differ by 4-8 LSB on the trained MobileNetV2, TVM lies 0-6 LSB from XNNPACK.
+A real bug (wrong zero point, scale or layout) moves outputs by tens of steps.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def check_output(name: str, reference: np.ndarray, device: np.ndarray, reference
     rel = err / scale if scale else err
     top_ref, top_got = top_k(ref, 1)[0], top_k(got, 1)[0]
     if np.issubdtype(reference.dtype, np.integer):
-        allowed = max(QUANT_LSB_TOLERANCE, reference_spread + QUANT_LSB_TOLERANCE)
+        allowed = QUANT_LSB_TOLERANCE + 2 * reference_spread
         ok = err <= allowed
         problem = "" if ok else f"differs by {err:g} steps (LSB), more than the {allowed:g} allowed"
     else:

