@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -71,6 +72,12 @@ def opencl_source(executable) -> str:
     return "\n".join(chunks)
 
 
+def kernel_names(source: str) -> list[str]:
+    """Kernels defined in TVM's OpenCL source: one chunk per kernel, each opening `// Function: name`
+    (every chunk also declares the others, so counting `__kernel` overcounts)."""
+    return re.findall(r"^// Function: (\w+)", source, flags=re.MULTILINE)
+
+
 def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print) -> dict:
     """Build source for profile into out_dir; return (and write) the manifest."""
     import tvm
@@ -85,7 +92,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     kernels = None
     if profile.is_gpu:
         kernels = opencl_source(executable)
-        if "__kernel" not in kernels:
+        if not kernel_names(kernels):
             raise UserError(
                 f"Building for {profile.name} produced no OpenCL kernels, only host code: the GPU "
                 f"schedules were not applied. This is a bug in the build pipeline; please report it."
@@ -114,15 +121,16 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
         },
         "inputs": [vars(t) for t in info.inputs],
         "outputs": [vars(t) for t in info.outputs],
-        "target": {"profile": profile.name, "tvm": profile.tvm_target().export()},
+        "target": {"profile": profile.name, "target": profile.target, "host": profile.host,
+                   "tvm": str(profile.tvm_target())},
         "tvm_version": tvm.__version__,
         "tuning": tuning.summary() if tuning is not None else {"database": None, "tasks": None, "tuned_tasks": 0},
         "build_seconds": round(time.perf_counter() - started, 3),
         "library": {"file": LIBRARY, "machine": machine, "size_bytes": library.stat().st_size,
                     "sha256": sha256_file(library)},
-        "opencl_kernels": None if kernels is None else {"file": KERNELS, "count": kernels.count("__kernel")},
+        "opencl_kernels": None if kernels is None else {"file": KERNELS, "count": len(kernel_names(kernels))},
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     progress(f"[done] {out_dir} ({manifest['build_seconds']:.1f} s, {manifest['library']['size_bytes'] / 1e6:.1f} MB)")
     return manifest
 

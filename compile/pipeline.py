@@ -73,7 +73,7 @@ def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, t
     return (
         (out_dir / artifact.LIBRARY).exists()
         and manifest["model"]["sha256"] == artifact.sha256_file(source.path)
-        and manifest["target"]["tvm"] == json.loads(json.dumps(profile.tvm_target().export(), default=str))
+        and manifest["target"]["tvm"] == str(profile.tvm_target())
         and manifest["tuning"].get("fingerprint") == (tuning.fingerprint() if tuning else None)
     )
 

@@ -1,0 +1,142 @@
+"""The main job: device profiles, cross-compiled artifacts, toolchains, OpenCL kernels."""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+from conftest import assert_clean_error, run_cli
+
+from compile.artifact import elf_machine, kernel_names
+from targets.profiles import load_profile, profile_names
+
+REQUIRED_PROFILES = {"arm_cpu", "rasp4b", "rasp3b", "rk3399", "android-arm64", "mali", "adreno", "host"}
+
+
+def test_profiles_are_data_with_what_a_build_needs():
+    assert REQUIRED_PROFILES <= set(profile_names())
+    for name in profile_names():
+        profile = load_profile(name)
+        assert profile.description and profile.rpc_key
+        assert profile.cpu_target["num-cores"] >= 1
+        assert profile.tvm_target() is not None
+
+
+def test_host_profile_is_detected():
+    host = load_profile("host")
+    assert host.target["mcpu"] not in ("", "generic")
+    assert host.target["num-cores"] == os.cpu_count()
+
+
+def test_list_targets_and_unknown_target():
+    listed = run_cli("compile/build.py", "--list-targets", "--json")
+    assert REQUIRED_PROFILES <= {p["name"] for p in json.loads(listed.stdout)}
+    result = run_cli("compile/build.py", "--target", "pixel99")
+    assert_clean_error(result, "pixel99", "arm_cpu", "rasp4b", "adreno")
+
+
+def build(tmp_path, *flags):
+    result = run_cli("compile/build.py", "--out", tmp_path, *flags)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
+    result = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
+    assert "[compile]" in result.stdout and "[done]" in result.stdout  # a progress line per stage
+    out = tmp_path / "arm_cpu" / "mnv2_1_224_float32"
+    assert elf_machine(out / "model.so") == "aarch64"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["variant"] == {"width": 1.0, "resolution": 224, "dtype": "float32",
+                                            "macs": 300774272, "params": 3487816}
+    assert manifest["target"]["target"]["mtriple"] == "aarch64-linux-gnu"
+    assert manifest["target"]["target"]["num-cores"] == 4 and manifest["target"]["profile"] == "arm_cpu"
+    assert manifest["inputs"][0]["shape"] == [1, 224, 224, 3]
+    assert manifest["outputs"][0]["shape"] == [1, 1000]
+    assert manifest["library"]["size_bytes"] == (out / "model.so").stat().st_size
+    assert len(manifest["model"]["sha256"]) == 64 and manifest["tvm_version"].startswith("0.27")
+    assert {"database", "tasks", "tuned_tasks"} <= set(manifest["tuning"])
+    again = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
+    assert "[skip]" in again.stdout  # dist/ is reused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,machine", [("rasp3b", "arm"), ("rasp4b", "aarch64"), ("rk3399", "aarch64")])
+def test_board_targets_link_for_their_architecture(target, machine, tmp_path):
+    build(tmp_path, "--target", target, "--width", "0.35", "--res", "96", "--dtype", "int8")
+    assert elf_machine(tmp_path / target / "mnv2_0.35_96_int8" / "model.so") == machine
+
+
+def _dynamic_section(library) -> str:
+    return subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.slow
+def test_android_library_is_loadable_without_ndk(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NDK_CC", "ANDROID_NDK_HOME")}
+    built = run_cli("compile/build.py", "--out", tmp_path, "--target", "android-arm64", "--width", "0.35",
+                    "--res", "96", env={**env, "TVM_NDK_CC": "", "ANDROID_NDK_HOME": ""})
+    assert built.returncode == 0, built.stderr
+    library = tmp_path / "android-arm64" / "mnv2_0.35_96_float32" / "model.so"
+    assert elf_machine(library) == "aarch64"
+    dynamic = _dynamic_section(library)
+    assert "TEXTREL" not in dynamic  # Android refuses text relocations
+    assert re.search(r"NEEDED.*\[libc\.so\]", dynamic) and re.search(r"NEEDED.*\[libm\.so\]", dynamic)
+    assert "Shared library" in dynamic or "DYN" in subprocess.run(
+        ["readelf", "-h", str(library)], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_android_uses_the_ndk_compiler_when_set(tmp_path):
+    """TVM_NDK_CC names the NDK's clang; a wrapper standing in for it records that it was called."""
+    marker = tmp_path / "ndk-called"
+    wrapper = tmp_path / "aarch64-linux-android24-clang"
+    wrapper.write_text(f"#!/bin/sh\ntouch {marker}\nexec clang --target=aarch64-linux-android24 "
+                       f"-fuse-ld=lld -nostdlib \"$@\"\n")
+    wrapper.chmod(0o755)
+    built = run_cli("compile/build.py", "--out", tmp_path, "--target", "android-arm64", "--width", "0.35",
+                    "--res", "96", env={"TVM_NDK_CC": str(wrapper)})
+    assert built.returncode == 0, built.stderr
+    assert marker.exists()
+
+
+def test_missing_cross_toolchain_names_the_package(tmp_path):
+    result = run_cli("compile/build.py", "--out", tmp_path, "--target", "rasp3b", "--width", "0.35",
+                     "--res", "96", env={"PATH": str(tmp_path)})
+    assert_clean_error(result, "arm-linux-gnueabihf-gcc", "apt-get install gcc-arm-linux-gnueabihf")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["mali", "adreno"])
+def test_opencl_kernels_compile_with_a_real_opencl_compiler(target, tmp_path):
+    cl = pytest.importorskip("pyopencl")
+    build(tmp_path, "--target", target, "--width", "0.35", "--res", "96")
+    out = tmp_path / target / "mnv2_0.35_96_float32"
+    assert elf_machine(out / "model.so") == "aarch64"
+    source = (out / "kernels.cl").read_text()
+    names = kernel_names(source)
+    assert len(names) == len(set(names)) >= 25, names  # each distinct fused conv, pool, dense, softmax
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["opencl_kernels"]["count"] == len(names)
+    platforms = [p for p in cl.get_platforms() if "portable" in p.name.lower() or "pocl" in p.name.lower()]
+    assert platforms, "POCL (Debian's pocl-opencl-icd) is not installed"
+    context = cl.Context(platforms[0].get_devices())
+    program = cl.Program(context, source).build(options=["-cl-std=CL2.0"])
+    assert sorted(k.function_name for k in program.all_kernels()) == sorted(names)
+
+
+@pytest.mark.slow
+def test_bundle_runtime_ships_the_aarch64_runtime(tmp_path):
+    build(tmp_path, "--target", "arm_cpu", "--width", "0.35", "--res", "96", "--bundle-runtime")
+    runtime = tmp_path / "arm_cpu" / "mnv2_0.35_96_float32" / "runtime"
+    libraries = sorted(p.name for p in runtime.iterdir())
+    assert libraries == ["libtvm_ffi.so", "libtvm_runtime.so"]
+    assert all(elf_machine(runtime / name) == "aarch64" for name in libraries)
+
+
+@pytest.mark.slow
+def test_host_build_verifies_against_litert(tmp_path):
+    result = build(tmp_path, "--target", "host", "--width", "0.35", "--res", "96", "--verify")
+    assert "OK against LiteRT" in result.stdout
