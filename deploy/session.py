@@ -1,8 +1,18 @@
-"""Where a built model runs: this process (LocalSession) or a remote TVM RPC server (see rpc_sessions)."""
+"""How to reach a device: this process, a tracker key, a direct RPC address, or SSH (see ssh_tunnel).
+
+A session uploads a library, loads it, and names the device it runs on. Remote sessions are plain
+data (`Endpoint`) so a worker process can open them: every remote call runs in a worker that the
+sweep can kill when a device freezes (see measure.py).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from compile.errors import UserError
+
+DEFAULT_SESSION_TIMEOUT = 600  # seconds a server keeps one session; slow boards need minutes
 
 
 class LocalSession:
@@ -22,6 +32,61 @@ class LocalSession:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def parse_host_port(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"{flag} takes host:port (for example 127.0.0.1:9190), not {text!r}.")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A remote RPC server: through a tracker (key) or at a direct address."""
+
+    host: str
+    port: int
+    key: str | None = None  # set: host:port is a tracker
+    session_timeout: int = DEFAULT_SESSION_TIMEOUT
+
+    @property
+    def label(self) -> str:
+        return f"tracker {self.host}:{self.port} key {self.key}" if self.key else f"rpc {self.host}:{self.port}"
+
+    def open(self) -> "RemoteSession":
+        from tvm import rpc
+
+        if self.key:
+            tracker = rpc.connect_tracker(self.host, self.port)
+            remote = tracker.request(self.key, priority=1, session_timeout=self.session_timeout)
+        else:
+            remote = rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
+        return RemoteSession(remote, self.label)
+
+
+class RemoteSession:
+    def __init__(self, remote, name: str):
+        self.remote, self.name = remote, name
+
+    def load(self, library: str | Path, remote_name: str | None = None):
+        # A unique remote name per artifact: the server's dlopen would hand back an older
+        # library loaded under the same path.
+        remote_name = remote_name or Path(library).name
+        self.remote.upload(str(library), target=remote_name)
+        return self.remote.load_module(remote_name)
+
+    def device(self, kind: str = "cpu"):
+        return self.remote.device(kind, 0)
+
+    def close(self) -> None:
+        self.remote = None
 
     def __enter__(self):
         return self

@@ -1,0 +1,135 @@
+"""Sweep MobileNetV2 variants on a device: build, upload, verify against LiteRT, time, report.
+
+    python deploy/bench.py --target rasp4b --rpc-tracker 127.0.0.1:9190 --rpc-key rasp4b \\
+        --widths 0.35,0.5,0.75,1.0 --resolutions 96,128,160,192,224 [--dtype float32,int8] [--all-official]
+    python deploy/bench.py --target arm_cpu --emulated-board --widths 0.35 --resolutions 96
+    python deploy/bench.py --target rasp4b --ssh pi@raspberrypi.local --ssh-key ~/.ssh/id_ed25519
+    python deploy/bench.py --target host            # this machine, no RPC
+
+Results: <out>/results.jsonl (appended per variant; a rerun resumes), results.csv, report.md,
+latency_vs_macs.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # `python deploy/bench.py` puts deploy/ first on sys.path; the project root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from compile.cli_common import run_main  # noqa: E402
+from compile.errors import UserError  # noqa: E402
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="host", help="device profile in targets/ (default: host)")
+    where = p.add_argument_group("device (default: this machine, no RPC)")
+    where.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker")
+    where.add_argument("--rpc-key", help="tracker key of the device (default: the profile's rpc_key)")
+    where.add_argument("--rpc-host", metavar="HOST:PORT", help="a TVM RPC server, directly")
+    where.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="start an RPC server on the board over SSH")
+    where.add_argument("--ssh-key", type=Path, help="private key for --ssh (default: ssh-agent / ~/.ssh)")
+    where.add_argument("--ssh-known-hosts", type=Path, help="known_hosts to check the board's host key "
+                       "(default: ~/.ssh/known_hosts); unknown hosts are refused")
+    where.add_argument("--ssh-python", default="python3", help="python with TVM's runtime on the board")
+    where.add_argument("--emulated-board", action="store_true",
+                       help="start the emulated Cortex-A board (qemu-user) for this sweep; timings are NOT device latencies")
+    what = p.add_argument_group("variants")
+    what.add_argument("--widths", type=_floats, default=[1.0], help="e.g. 0.35,0.5,0.75,1.0")
+    what.add_argument("--resolutions", type=_ints, default=[224], help="e.g. 96,128,160,192,224")
+    what.add_argument("--dtype", default="float32", help="float32, int8 or float32,int8")
+    what.add_argument("--all-official", action="store_true", help="the 22 published variants")
+    timing = p.add_argument_group("timing (TVM's time evaluator)")
+    timing.add_argument("--number", type=int, default=10, help="runs averaged per repeat (default 10)")
+    timing.add_argument("--repeat", type=int, default=20, help="timed repeats (default 20)")
+    timing.add_argument("--min-repeat-ms", type=int, default=0, help="grow --number until a repeat lasts this long")
+    timing.add_argument("--cooldown", type=int, default=0, help="ms to rest between repeats")
+    timing.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per variant on the device (default 300)")
+    p.add_argument("--key-wait", type=float, default=10, help="seconds to wait for the key at the tracker")
+    p.add_argument("--session-timeout", type=int, default=600, help="seconds a server keeps one session")
+    p.add_argument("--out", type=Path, help="results folder (default: results/<target>)")
+    p.add_argument("--dist", type=Path, help="artifact folder (default: dist/)")
+    p.add_argument("--tuning-log", type=Path, help="MetaSchedule database (default: tuning_logs/<target>/)")
+    return p.parse_args(argv)
+
+
+def endpoint_for(args, stack: contextlib.ExitStack):
+    """The Endpoint to run on (None: this machine) and a label for the report."""
+    from deploy import emulated_board, ssh_tunnel
+    from deploy.session import Endpoint, parse_host_port
+    from targets.profiles import load_profile
+
+    chosen = [flag for flag in ("rpc_tracker", "rpc_host", "ssh", "emulated_board") if getattr(args, flag)]
+    if len(chosen) > 1:
+        raise UserError(f"Choose one way to reach the device, not {', '.join('--' + c.replace('_', '-') for c in chosen)}.")
+    if args.emulated_board:
+        services = emulated_board.start()
+        stack.callback(emulated_board.stop)
+        return Endpoint("127.0.0.1", services.find("tracker").port, emulated_board.KEY, args.session_timeout), \
+            f"emulated board (qemu-user, key {emulated_board.KEY})"
+    if args.rpc_tracker:
+        host, port = parse_host_port(args.rpc_tracker, "--rpc-tracker")
+        key = args.rpc_key or load_profile(args.target).rpc_key
+        return Endpoint(host, port, key, args.session_timeout), ""
+    if args.rpc_host:
+        host, port = parse_host_port(args.rpc_host, "--rpc-host")
+        return Endpoint(host, port, None, args.session_timeout), ""
+    if args.ssh:
+        tunnel = stack.enter_context(ssh_tunnel.SSHRPCServer(
+            args.ssh, key_file=args.ssh_key, known_hosts=args.ssh_known_hosts, python=args.ssh_python))
+        return Endpoint("127.0.0.1", tunnel.local_port, None, args.session_timeout), f"ssh {args.ssh}"
+    if args.target != "host":
+        raise UserError(f"--target {args.target} runs on a remote device: give --rpc-tracker, --rpc-host, --ssh "
+                        f"or --emulated-board.")
+    return None, "local"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from deploy.measure import TimingSettings
+    from deploy.sweep import SweepConfig, run_sweep
+    from targets.profiles import load_profile
+
+    load_profile(args.target)  # unknown targets fail before anything starts
+    with contextlib.ExitStack() as stack:
+        endpoint, label = endpoint_for(args, stack)
+        config = SweepConfig(
+            target=args.target, endpoint=endpoint, widths=args.widths, resolutions=args.resolutions,
+            dtypes=[d for d in args.dtype.split(",") if d], all_official=args.all_official,
+            timing=TimingSettings(args.number, args.repeat, args.min_repeat_ms, args.cooldown, args.warmup),
+            timeout=args.timeout, key_wait=args.key_wait, verify_inputs=args.verify_inputs,
+            out=args.out or Path("results") / args.target, tuning_log=args.tuning_log,
+            device_label=label, emulated=args.emulated_board,
+        )
+        if args.dist:
+            config.dist = args.dist
+        all_results = run_sweep(config)
+    print()
+    print((config.out / "report.md").read_text())
+    print(f"results: {config.out}/results.jsonl, results.csv, report.md, latency_vs_macs.png")
+    return 0 if all(r.status == "ok" for r in all_results) else 1
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,87 @@
+"""One result per variant run, like TFLite's BenchmarkResults; appended to results.jsonl as it ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class LatencyStats:
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+
+    @classmethod
+    def from_seconds(cls, samples: list[float]) -> "LatencyStats":
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        return cls(float(ms.mean()), float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.std()),
+                   float(ms.min()), float(ms.max()), len(ms))
+
+
+@dataclass
+class BenchmarkResult:
+    name: str  # artifact name, e.g. mnv2_1_224_float32
+    target: str
+    device: str  # session label: tracker/key, direct address, ssh, local
+    width: float | None
+    resolution: int | None
+    dtype: str | None
+    status: str  # ok, mismatch, failed
+    error: str = ""
+    macs: int | None = None
+    params: int | None = None
+    model_size_bytes: int | None = None
+    library_size_bytes: int | None = None
+    load_seconds: float | None = None  # upload + load + VM creation
+    warmup_ms: float | None = None  # the first run
+    latency: LatencyStats | None = None
+    gmacs_per_second: float | None = None
+    timing: dict = field(default_factory=dict)  # number, repeat, min_repeat_ms, cooldown_ms
+    verification: list[dict] = field(default_factory=list)
+    tuning: dict = field(default_factory=dict)
+    emulated: bool = False
+    finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @property
+    def key(self) -> tuple:
+        return (self.target, self.device, self.name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchmarkResult":
+        data = dict(data)
+        if data.get("latency"):
+            data["latency"] = LatencyStats(**data["latency"])
+        return cls(**data)
+
+
+def append(path: Path, result: BenchmarkResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        out.write(json.dumps(result.to_dict()) + "\n")
+        out.flush()
+
+
+def load(path: Path) -> list[BenchmarkResult]:
+    """Every complete line of a results.jsonl; the last result per variant wins."""
+    if not path.exists():
+        return []
+    latest: dict[tuple, BenchmarkResult] = {}
+    for line in path.read_text().splitlines():
+        try:
+            result = BenchmarkResult.from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue  # a line cut by a crash: that variant is simply run again
+        latest[result.key] = result
+    return list(latest.values())

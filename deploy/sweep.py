@@ -1,0 +1,129 @@
+"""The sweep: for each variant, build (or reuse dist/), run on the device, check against LiteRT, time.
+
+Results go to results.jsonl as each variant finishes, so an interrupted or failed sweep loses
+nothing and a rerun skips what is done. The reports are rewritten at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compile import pipeline
+from compile.artifact import LIBRARY, read_manifest
+from compile.errors import UserError
+from compile.frontend import TensorInfo
+from compile.images import model_inputs
+from compile.variants import Variant, official_variants
+from deploy import loopback, report, results
+from deploy.measure import DeviceError, TimingSettings, run_on_device
+from deploy.reference import reference_outputs
+from deploy.session import Endpoint
+from deploy.verify import check_outputs
+
+
+@dataclass
+class SweepConfig:
+    target: str
+    endpoint: Endpoint | None  # None: this machine, no RPC
+    widths: list[float] = field(default_factory=lambda: [1.0])
+    resolutions: list[int] = field(default_factory=lambda: [224])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    all_official: bool = False
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    timeout: float = 300.0  # per variant, for everything done on the device
+    key_wait: float = 10.0  # bounded wait for the tracker to offer the key
+    verify_inputs: int = 1
+    out: Path = Path("results")
+    dist: Path = pipeline.DEFAULT_OUT
+    tuning_log: Path | None = None
+    device_label: str = ""
+    emulated: bool = False
+
+
+def variant_list(config: SweepConfig) -> list[tuple[Variant, str]]:
+    chosen = official_variants() if config.all_official else [
+        Variant(w, r) for w in config.widths for r in config.resolutions
+    ]
+    return [(v, dtype) for dtype in config.dtypes for v in chosen]
+
+
+def _device_label(config: SweepConfig) -> str:
+    return config.device_label or (config.endpoint.label if config.endpoint else "local")
+
+
+def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResult:
+    manifest = read_manifest(out_dir)
+    variant = manifest["model"]["variant"] or {}
+    result = results.BenchmarkResult(
+        name=manifest["name"], target=config.target, device=_device_label(config),
+        width=variant.get("width"), resolution=variant.get("resolution"), dtype=variant.get("dtype"),
+        status="failed", macs=variant.get("macs"), params=variant.get("params"),
+        model_size_bytes=manifest["model"]["size_bytes"], library_size_bytes=manifest["library"]["size_bytes"],
+        timing=vars(config.timing), tuning=manifest["tuning"], emulated=config.emulated,
+    )
+    inputs = [TensorInfo(**t) for t in manifest["inputs"]]
+    input_sets = [model_inputs(inputs, seed) for seed in range(config.verify_inputs)]
+    kind = "opencl" if manifest.get("opencl_kernels") else "cpu"
+    try:
+        device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest['name']}.so", kind, input_sets,
+                               config.timing, config.timeout)
+    except DeviceError as err:
+        result.error = str(err)
+        return result
+    names = [t["name"] for t in manifest["outputs"]]
+    for values, got in zip(input_sets, device["outputs"]):
+        reference, spread = reference_outputs(out_dir / "model.tflite", values)
+        result.verification += [c.to_dict() for c in check_outputs(names, reference, got, spread)]
+    result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
+    if device["samples"]:
+        result.latency = results.LatencyStats.from_seconds(device["samples"])
+        if result.macs:
+            result.gmacs_per_second = result.macs / (result.latency.median_ms * 1e-3) / 1e9
+    bad = [c for c in result.verification if not c["ok"]]
+    result.status = "mismatch" if bad else "ok"
+    result.error = "; ".join(f"{c['name']}: {c['problem']}" for c in bad)
+    return result
+
+
+def _check_device(config: SweepConfig) -> None:
+    if config.endpoint is not None and config.endpoint.key:
+        loopback.wait_for_key(config.endpoint.host, config.endpoint.port, config.endpoint.key, config.key_wait)
+
+
+def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResult]:
+    """Run every variant not already done; returns all results in results.jsonl (old and new)."""
+    path = Path(config.out) / "results.jsonl"
+    todo = variant_list(config)
+    done = {r.key for r in results.load(path) if r.status == "ok"}
+    _check_device(config)  # fail fast, before any build
+    try:
+        for index, (variant, dtype) in enumerate(todo, 1):
+            step = f"[{index}/{len(todo)}] {variant.tag} {dtype}"
+            name = f"mnv2_{variant.tag}_{dtype}"
+            if (config.target, _device_label(config), name) in done:
+                progress(f"{step}: done before, skipped")
+                continue
+            request = pipeline.BuildRequest(target=config.target, width=variant.width, resolution=variant.resolution,
+                                            dtype=dtype, out=config.dist, tuning_log=config.tuning_log)
+            manifest = pipeline.build(request, progress=lambda m: progress(f"{step}: {m}"))[0]
+            out_dir = Path(config.dist) / config.target / manifest["name"]
+            try:
+                _check_device(config)
+            except UserError as err:
+                progress(f"{step}: device gone, stopping the sweep: {err}")
+                raise
+            progress(f"{step}: running on {_device_label(config)}")
+            result = measure_variant(config, out_dir)
+            results.append(path, result)
+            if result.status == "ok" and result.latency:
+                lat = result.latency
+                progress(f"{step}: median {lat.median_ms:.2f} ms (p90 {lat.p90_ms:.2f}, {lat.runs} runs), "
+                         f"{result.gmacs_per_second:.2f} GMAC/s, matches LiteRT")
+            elif result.status == "ok":
+                progress(f"{step}: matches LiteRT (not timed)")
+            else:
+                progress(f"{step}: {result.status.upper()}: {result.error}")
+    finally:
+        report.write_all(results.load(path), Path(config.out))
+    return results.load(path)
