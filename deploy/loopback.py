@@ -40,17 +40,20 @@ def free_port_span(span: int = PORT_SPAN, start: int = 20000, end: int = 60000) 
     raise UserError("No free span of loopback ports for the RPC tracker and servers.")
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None, host: str = LOOPBACK) -> None:
+    """Bounded wait until something accepts connections at host:port."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if process is not None and process.poll() is not None:
-            raise UserError(f"A process meant to listen on {LOOPBACK}:{port} exited with code {process.returncode}.")
+            raise UserError(f"A process meant to listen on {host}:{port} exited with code {process.returncode}.")
         try:
-            with socket.create_connection((LOOPBACK, port), timeout=1):
+            with socket.create_connection((host, port), timeout=min(2.0, timeout)):
                 return
-        except OSError:
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise UserError(f"Nothing answers at {host}:{port} ({err.strerror or err}) after "
+                                f"{timeout:.0f} s: check the address and that the server runs.") from None
             time.sleep(0.2)
-    raise UserError(f"Nothing listened on {LOOPBACK}:{port} within {timeout:.0f} s.")
 
 
 @dataclass
@@ -156,13 +159,10 @@ def tracker_keys(host: str, port: int, timeout: float = 5.0) -> dict[str, int]:
     from tvm import rpc
 
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise UserError(
-            f"No RPC tracker answers at {host}:{port} ({err.strerror or err}). Start one "
-            f"(python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {port}) or fix --rpc-tracker."
-        ) from None
+        wait_for_port(port, timeout, host=host)
+    except UserError as err:
+        raise UserError(f"No RPC tracker: {err} Start one (python -m tvm.exec.rpc_tracker --host 127.0.0.1 "
+                        f"--port {port} --port-end {port + PORT_SPAN}) or fix --rpc-tracker.") from None
     summary = rpc.connect_tracker(host, port).summary()
     keys: dict[str, int] = {}
     for info in summary.get("server_info", []):

@@ -87,8 +87,12 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
 
 
 def _check_device(config: SweepConfig) -> None:
-    if config.endpoint is not None and config.endpoint.key:
-        loopback.wait_for_key(config.endpoint.host, config.endpoint.port, config.endpoint.key, config.key_wait)
+    """Bounded checks that the device is there: the tracker offers the key, or the server answers."""
+    endpoint = config.endpoint
+    if endpoint is not None and endpoint.key:
+        loopback.wait_for_key(endpoint.host, endpoint.port, endpoint.key, config.key_wait)
+    elif endpoint is not None:
+        loopback.wait_for_port(endpoint.port, config.key_wait, host=endpoint.host)
 
 
 def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResult]:

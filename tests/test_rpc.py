@@ -1,0 +1,167 @@
+"""The RPC harness against real servers: a tracker and servers on loopback, sshd, the emulated board."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, assert_clean_error, run_cli
+from rpc_helpers import python_for_board, sshd, tracker_with_servers
+
+from compile.artifact import elf_machine
+from deploy import loopback, results
+
+pytestmark = pytest.mark.slow
+SMALL = ["--widths", "0.35", "--resolutions", "96"]
+QUICK_TIMING = ["--number", "2", "--repeat", "5"]
+
+
+def bench(tmp_path, *flags, timeout=900):
+    return run_cli("deploy/bench.py", "--out", tmp_path / "results", "--dist", tmp_path.parent / "dist",
+                   *flags, timeout=timeout)
+
+
+def read_results(tmp_path):
+    return results.load(tmp_path / "results" / "results.jsonl")
+
+
+def test_host_server_through_tracker_times_and_verifies(tmp_path):
+    with tracker_with_servers(tmp_path / "logs") as services:
+        tracker = services.find("tracker")
+        flags = ["--target", "host", "--rpc-tracker", f"127.0.0.1:{tracker.port}", "--rpc-key", "host",
+                 "--widths", "0.35", "--resolutions", "96,128", "--dtype", "float32,int8", *QUICK_TIMING]
+        first = bench(tmp_path, *flags)
+        assert first.returncode == 0, first.stderr + first.stdout
+        done = read_results(tmp_path)
+        assert sorted(r.name for r in done) == ["mnv2_0.35_128_float32", "mnv2_0.35_128_int8",
+                                                 "mnv2_0.35_96_float32", "mnv2_0.35_96_int8"]
+        for r in done:
+            assert r.status == "ok" and r.latency.runs == 5
+            assert 0 < r.latency.min_ms <= r.latency.median_ms <= r.latency.p90_ms <= r.latency.max_ms
+            assert r.gmacs_per_second > 0 and r.load_seconds > 0 and r.macs and r.params
+            assert r.verification and all(c["ok"] for c in r.verification)
+        out = tmp_path / "results"
+        assert (out / "results.csv").read_text().count("\n") == 5
+        report = (out / "report.md").read_text()
+        assert "| 0.35 |" in report and "| width \\ res | 96 | 128 |" in report
+        assert (out / "latency_vs_macs.png").read_bytes()[:4] == b"\x89PNG"
+        again = bench(tmp_path, *flags)  # resumes: everything is done
+        assert again.stdout.count("done before, skipped") == 4
+
+
+def test_direct_rpc_server(tmp_path):
+    server = loopback.start_server("direct", tmp_path / "logs")
+    try:
+        result = bench(tmp_path, "--target", "host", "--rpc-host", f"127.0.0.1:{server.port}", *SMALL, *QUICK_TIMING)
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert read_results(tmp_path)[0].status == "ok"
+    finally:
+        loopback.stop_pid(server.pid)
+
+
+def test_ssh_path_starts_forwards_and_stops_the_server(tmp_path):
+    with sshd(tmp_path / "ssh") as (port, user_key, known_hosts):
+        before = _rpc_server_pids()
+        result = bench(tmp_path, "--target", "host", "--ssh", f"root@127.0.0.1:{port}", "--ssh-key", user_key,
+                       "--ssh-known-hosts", known_hosts, "--ssh-python", python_for_board(), *SMALL, *QUICK_TIMING)
+        assert result.returncode == 0, result.stderr + result.stdout
+        measured = read_results(tmp_path)[0]
+        assert measured.status == "ok" and measured.device == f"ssh root@127.0.0.1:{port}"
+        time.sleep(1)
+        assert _rpc_server_pids() == before  # the server started over SSH was stopped
+        # Unknown host key: refused, not trusted on first use.
+        empty = tmp_path / "empty_known_hosts"
+        empty.write_text("")
+        refused = bench(tmp_path, "--target", "host", "--ssh", f"root@127.0.0.1:{port}", "--ssh-key", user_key,
+                        "--ssh-known-hosts", empty, *SMALL)
+        assert_clean_error(refused, "known_hosts")
+
+
+def _rpc_server_pids() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "tvm.exec.rpc_server"], capture_output=True, text=True).stdout
+    return {int(p) for p in found.split()}
+
+
+def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
+    result = bench(tmp_path, "--target", "arm_cpu", "--emulated-board", *SMALL, "--dtype", "float32,int8",
+                   "--number", "1", "--repeat", "2", "--verify-inputs", "2")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "NOT device latencies" in result.stdout
+    done = read_results(tmp_path)
+    assert {r.name for r in done} == {"mnv2_0.35_96_float32", "mnv2_0.35_96_int8"}
+    for r in done:
+        assert r.status == "ok" and r.emulated and len(r.verification) == 2
+        assert elf_machine(tmp_path.parent / "dist" / "arm_cpu" / r.name / "model.so") == "aarch64"
+    assert not _rpc_server_pids()  # the board was stopped
+
+
+def test_no_tracker_and_no_server_for_key_fail_fast(tmp_path):
+    free = loopback.free_port_span(1)
+    started = time.monotonic()
+    assert_clean_error(bench(tmp_path, "--target", "host", "--rpc-tracker", f"127.0.0.1:{free}", "--key-wait", "2",
+                             *SMALL), "tracker", str(free))
+    with tracker_with_servers(tmp_path / "logs", keys=()) as services:
+        port = services.find("tracker").port
+        missing = bench(tmp_path, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "pixel",
+                        "--key-wait", "3", *SMALL)
+        assert_clean_error(missing, "'pixel'", "no device")
+    assert time.monotonic() - started < 60
+
+
+def _sweep_until_running(tmp_path, port, extra):
+    """Start a long-timed sweep; return it once its first variant runs on the device."""
+    command = [sys.executable, "deploy/bench.py", "--out", str(tmp_path / "results"), "--dist",
+               str(tmp_path.parent / "dist"), "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}",
+               "--rpc-key", "host", "--number", "50", "--repeat", "1000", "--key-wait", "3", *extra]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "running on" in line:
+            time.sleep(4)  # past upload and load, into the timed runs
+            return proc
+    raise AssertionError(proc.stderr.read())
+
+
+def test_server_killed_mid_run_marks_the_variant_failed_and_keeps_results(tmp_path):
+    with tracker_with_servers(tmp_path / "logs") as services:
+        proc = _sweep_until_running(tmp_path, services.find("tracker").port,
+                                    ["--widths", "0.35", "--resolutions", "96,128", "--timeout", "120"])
+        loopback.stop_pid(services.find("server-host").pid)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out + err
+    assert "Traceback" not in err and "no device is registered" in err.lower()
+    failed = read_results(tmp_path)
+    assert len(failed) == 1 and failed[0].status == "failed" and failed[0].error
+    assert "FAILED" in (tmp_path / "results" / "report.md").read_text()
+
+
+def test_frozen_server_is_abandoned_after_the_timeout(tmp_path):
+    with tracker_with_servers(tmp_path / "logs") as services:
+        proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "15"])
+        server = services.find("server-host")
+        os.killpg(server.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        assert time.monotonic() - started < 60
+    assert proc.returncode == 1, out + err
+    frozen = read_results(tmp_path)[0]
+    assert frozen.status == "failed" and "within 15 s" in frozen.error
+    assert json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[0])["status"] == "failed"
+
+
+def test_ctrl_c_writes_out_what_finished(tmp_path):
+    with tracker_with_servers(tmp_path / "logs") as services:
+        port = services.find("tracker").port
+        first = bench(tmp_path, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "host",
+                      *SMALL, *QUICK_TIMING)
+        assert first.returncode == 0, first.stderr
+        (tmp_path / "results" / "report.md").unlink()
+        proc = _sweep_until_running(tmp_path, port, ["--widths", "0.35", "--resolutions", "96,128"])
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "| 0.35 |" in report  # the variant finished before Ctrl-C is in the report
+    assert [r.name for r in read_results(tmp_path)] == ["mnv2_0.35_96_float32"]
