@@ -41,23 +41,21 @@ def fuse(mod, target):
 
 
 def classify(task) -> str:
-    """depthwise, pointwise, stem or other, from the shapes of the task's buffers.
+    """depthwise, pointwise, stem or other, from the shape of the task's weight (its second buffer).
 
-    Task names never say "depthwise"; the weight's shape does: HWOI with O=1 (groups = channels)
-    for depthwise, 1x1 for pointwise, a 3x3 kernel over 3 input channels for the stem.
+    Task names never say "depthwise"; the weight's shape does. TVM's NHWC conv kernels are HWIO
+    (HWOI with O=1 for depthwise): 3x3xCx1 is depthwise, 1x1 pointwise, 3x3 over 3 channels the stem.
     """
     func = next(iter(task.dispatched[0].functions.values()))
-    shapes = [tuple(int(d) for d in func.buffer_map[p].shape) for p in func.params if p in func.buffer_map]
-    for shape in shapes:
-        if len(shape) != 4:
-            continue
-        kh, kw, cin, cout = shape  # TVM's NHWC conv kernels are HWIO / HWOI
-        if (kh, kw) == (1, 1) and cin > 1:
-            return "pointwise"
-        if kh == kw == 3 and cout == 1:
-            return "depthwise"
-        if kh == kw == 3 and cin == 3:
-            return "stem"
+    if len(func.params) < 2 or len(func.params[1].shape) != 4:
+        return "other"
+    kh, kw, cin, cout = (int(d) for d in func.params[1].shape)
+    if (kh, kw) == (1, 1):
+        return "pointwise"
+    if cout == 1 and cin > 1:
+        return "depthwise"
+    if cin == 3:
+        return "stem"
     return "other"
 
 
@@ -119,3 +117,62 @@ class TuningDatabase:
 
     def summary(self) -> dict:
         return self._last_summary or {"database": str(self.path), "fingerprint": self.fingerprint()}
+
+
+# ----- tuning ---------------------------------------------------------------------------------
+
+
+def fast_build(mod, target, _params):
+    """MetaSchedule's default build without importing tvm.s_tir.tensor_intrin in every fresh worker
+    (about 18 s of CPU per worker per batch, which made builds time out)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def export_for_profile(module, profile_name: str) -> str:
+    """A .so linked by the profile's toolchain: what the board's RPC server can load."""
+    import tempfile
+
+    from compile.toolchain import fcompile_for
+    from targets.profiles import load_profile
+
+    path = Path(tempfile.mkdtemp(prefix="mnv2-tune-")) / "candidate.so"
+    module.export_library(str(path), fcompile=fcompile_for(load_profile(profile_name)))
+    return str(path)
+
+
+def records_for(database, task, limit: int) -> list:
+    workload_mod = task.dispatched[0]
+    if not database.has_workload(workload_mod):
+        return []
+    return list(database.get_top_k(database.commit_workload(workload_mod), limit))
+
+
+def best_seconds(database, task) -> float | None:
+    top = records_for(database, task, 1)
+    if not top or not top[0].run_secs:
+        return None
+    return float(sum(float(s) for s in top[0].run_secs) / len(top[0].run_secs))
+
+
+def repair_database(path: Path) -> int:
+    """Drop lines cut short by an interrupt, so the JSON-lines database stays loadable; returns how many."""
+    import json
+
+    dropped = 0
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        file = Path(path) / name
+        if not file.exists():
+            continue
+        kept = []
+        for line in file.read_text().splitlines():
+            try:
+                json.loads(line)
+                kept.append(line)
+            except json.JSONDecodeError:
+                dropped += 1
+        if dropped:
+            file.write_text("".join(line + "\n" for line in kept))
+    return dropped

@@ -1,0 +1,62 @@
+"""Tune MobileNetV2's kernels with MetaSchedule into tuning_logs/<target>/ (one database per target).
+
+    python compile/tune.py --target host --width 1.0 --res 224 --trials 32
+    python compile/tune.py --target rasp4b --rpc-tracker 127.0.0.1:9190 --rpc-key rasp4b --kinds depthwise,pointwise
+
+Resumable: tasks that already hold --trials records are skipped. Ctrl-C leaves a valid database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # `python compile/tune.py` puts compile/ first on sys.path; the project root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from compile.cli_common import run_main  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="host", help="device profile in targets/ (default: host)")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--res", type=int, default=224)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--model", type=Path, help="tune this .tflite file instead of a generated variant")
+    p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32)")
+    p.add_argument("--minutes", type=float, help="start no new task after this many minutes")
+    p.add_argument("--kinds", default="all", help="depthwise,pointwise,stem,other or all (default all)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")
+    p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
+    p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
+    p.add_argument("--tuning-log", type=Path, help="database folder (default: tuning_logs/<target>/)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from compile.tune_job import KINDS, TuneRequest, tune
+    from deploy.session import parse_host_port
+
+    request = TuneRequest(
+        target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
+        trials=args.trials, minutes=args.minutes,
+        kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
+        rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,
+        rpc_key=args.rpc_key, session_timeout=args.session_timeout, tuning_log=args.tuning_log,
+    )
+    report = tune(request)
+    by_kind: dict[str, float] = {}
+    for task in report.tasks:
+        if task.best_ms is not None:
+            by_kind[task.kind] = by_kind.get(task.kind, 0.0) + task.best_ms * task.weight
+    print(f"[tune] done in {report.seconds / 60:.1f} min; estimated time per inference by kind: "
+          + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,154 @@
+"""Tune a model's tasks with MetaSchedule into tuning_logs/<target>/, locally or on a board over RPC.
+
+Task by task, heaviest first: a task that already holds enough records is skipped, so an
+interrupted run resumes where it stopped; the database is append-only JSON lines and is repaired
+(cut lines dropped) after an interrupt.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compile import frontend, pipeline, tuning
+from compile.errors import UserError
+from targets.profiles import load_profile
+
+KINDS = ("depthwise", "pointwise", "stem", "other")
+LOG_ROOT = Path(os.environ.get("MNV2_CACHE", pipeline.PROJECT_ROOT / ".cache")) / "tuning-logs"
+
+
+@dataclass
+class TuneRequest:
+    target: str = "host"
+    width: float = 1.0
+    resolution: int = 224
+    dtype: str = "float32"
+    model: Path | None = None
+    trials: int = 32  # per task
+    minutes: float | None = None  # stop starting new tasks after this long
+    kinds: tuple[str, ...] = KINDS
+    rpc_tracker: tuple[str, int] | None = None
+    rpc_key: str | None = None
+    session_timeout: int = 120  # slow boards need more than MetaSchedule's default 10 s
+    tuning_log: Path | None = None
+    out: Path = pipeline.DEFAULT_OUT
+
+
+@dataclass
+class TaskReport:
+    name: str
+    kind: str
+    weight: int
+    trials: int
+    best_ms: float | None
+    skipped: bool = False
+
+
+@dataclass
+class TuneReport:
+    database: str
+    tasks: list[TaskReport] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def _runner(request: TuneRequest, profile):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if request.rpc_tracker is None:
+        if profile.machine != os.uname().machine:
+            raise UserError(f"Tuning for {profile.name} measures on the board: give --rpc-tracker and --rpc-key.")
+        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+    host, port = request.rpc_tracker
+    from deploy.loopback import wait_for_key
+
+    key = request.rpc_key or profile.rpc_key
+    wait_for_key(host, port, key, timeout=10)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                 session_timeout_sec=request.session_timeout)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
+def _builder(request: TuneRequest, profile):
+    from tvm.s_tir import meta_schedule as ms
+
+    export = None
+    if request.rpc_tracker is not None:
+        export = functools.partial(tuning.export_for_profile, profile_name=profile.name)
+    return ms.builder.LocalBuilder(f_build=tuning.fast_build, f_export=export, timeout_sec=120,
+                                   max_workers=os.cpu_count())
+
+
+def tune(request: TuneRequest, progress=print) -> TuneReport:
+    from tvm.s_tir import meta_schedule as ms
+
+    # MetaSchedule's per-trial tables and XGBoost lines go to its log files, not the console.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
+    profile = load_profile(request.target)
+    if profile.is_gpu:
+        raise UserError(f"Tuning {profile.name} (OpenCL) is not supported yet: its build applies dlight's "
+                        f"GPU schedules. Tune a CPU target.")
+    unknown = set(request.kinds) - set(KINDS)
+    if unknown:
+        raise UserError(f"Unknown task kinds {', '.join(sorted(unknown))}: choose from {', '.join(KINDS)} or all.")
+    if request.trials < 1:
+        raise UserError("--trials must be at least 1.")
+    build_request = pipeline.BuildRequest(target=request.target, width=request.width, resolution=request.resolution,
+                                          dtype=request.dtype, model=request.model, out=request.out)
+    source = pipeline.sources(build_request)[0]
+    mod, _ = frontend.load_relax(source.path)
+    target = profile.tvm_target()
+    db_path = Path(request.tuning_log) if request.tuning_log else pipeline.TUNING_ROOT / profile.name
+    db_path.mkdir(parents=True, exist_ok=True)
+    tuning.repair_database(db_path)
+    database = tuning.TuningDatabase(db_path).open()
+    tasks = [t for t in tuning.extract_tasks(mod, target) if tuning.classify(t) in request.kinds]
+    tasks.sort(key=lambda t: -t.weight)
+    runner, builder = _runner(request, profile), _builder(request, profile)
+    report = TuneReport(str(db_path))
+    started = time.monotonic()
+    deadline = started + request.minutes * 60 if request.minutes else None
+    progress(f"[tune] {source.name} on {profile.name}: {len(tasks)} tasks ({', '.join(request.kinds)}), "
+             f"{request.trials} trials each, database {db_path}")
+    try:
+        for index, task in enumerate(tasks, 1):
+            kind = tuning.classify(task)
+            have = len(tuning.records_for(database, task, request.trials))
+            step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight})"
+            if have >= request.trials:
+                report.tasks.append(TaskReport(task.task_name, kind, task.weight, have,
+                                               _ms(tuning.best_seconds(database, task)), skipped=True))
+                progress(f"{step}: {have} records already, skipped")
+                continue
+            if deadline and time.monotonic() > deadline:
+                report.stopped_early = True
+                progress(f"[tune] --minutes {request.minutes:g} reached; rerun to continue")
+                break
+            todo = request.trials - have
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [task], work_dir=str(LOG_ROOT / profile.name), num_threads=os.cpu_count())
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(LOG_ROOT / profile.name),
+                          max_trials_global=todo, max_trials_per_task=todo, num_trials_per_iter=min(16, todo),
+                          builder=builder, runner=runner, database=database, cost_model="xgb")
+            best = _ms(tuning.best_seconds(database, task))
+            report.tasks.append(TaskReport(task.task_name, kind, task.weight,
+                                           len(tuning.records_for(database, task, request.trials)), best))
+            elapsed = time.monotonic() - started
+            progress(f"{step}: best {best:.3f} ms after {report.tasks[-1].trials} trials "
+                     f"({elapsed / 60:.1f} min so far)" if best is not None else f"{step}: no valid candidate")
+    except KeyboardInterrupt:
+        dropped = tuning.repair_database(db_path)
+        progress(f"[tune] interrupted: database {db_path} is valid ({dropped} cut lines dropped); rerun to resume")
+        raise
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
