@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and the two things a newcomer runs:
-#   ./dev.sh main   set up, then build MobileNetV2 1.0/224 for a generic aarch64 board
+#   ./dev.sh main   set up, build MobileNetV2 1.0/224 for a generic aarch64 board, then run a small
+#                   sweep on the emulated Cortex-A board (qemu-user) and print its report
 #   ./dev.sh test   set up, then run the whole test suite
 # Set-up is idempotent: Debian packages (apt-get, needs root or sudo) and a .venv with the project.
 set -euo pipefail
@@ -37,6 +38,8 @@ case "${1:-}" in
     main)
         setup
         .venv/bin/python compile/build.py --target arm_cpu --width 1.0
+        .venv/bin/python deploy/bench.py --target arm_cpu --emulated-board --widths 0.35 --resolutions 96 \
+            --dtype float32,int8 --number 1 --repeat 3
         ;;
     test)
         setup

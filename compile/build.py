@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", help="float32 or int8 (default float32)")
     parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
     parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/)")
+    parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (untuned build)")
     parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
     parser.add_argument("--all-variants", action="store_true", help="build the 22 published variants")
     parser.add_argument("--bundle-runtime", action="store_true", help="copy the matching TVM runtime beside the model")
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
 
     request = pipeline.BuildRequest(
         target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
-        tuning_log=args.tuning_log, out=args.out or pipeline.DEFAULT_OUT, all_variants=args.all_variants,
+        tuning_log=args.tuning_log, no_tuning=args.no_tuning, out=args.out or pipeline.DEFAULT_OUT,
+        all_variants=args.all_variants,
         force=args.force,
     )
     manifests = pipeline.build(request)

@@ -27,6 +27,7 @@ class BuildRequest:
     dtype: str = "float32"
     model: Path | None = None  # any .tflite instead of a generated variant
     tuning_log: Path | None = None  # default: tuning_logs/<target>/ when it exists
+    no_tuning: bool = False  # build untuned even when a database exists
     out: Path = DEFAULT_OUT
     all_variants: bool = False
     force: bool = False  # rebuild even when dist/ already holds the same build
@@ -59,6 +60,8 @@ def tuning_for(request: BuildRequest, profile: Profile):
     """The tuning database to apply: --tuning-log, else tuning_logs/<target>/ when it holds one."""
     from compile import tuning
 
+    if request.no_tuning:
+        return None
     path = Path(request.tuning_log) if request.tuning_log else TUNING_ROOT / profile.name
     if request.tuning_log and not tuning.has_database(path):
         raise UserError(f"--tuning-log {path} holds no MetaSchedule database (database_workload.json).")

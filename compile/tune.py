@@ -38,15 +38,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from compile.pipeline import BuildRequest
     from compile.tune_job import KINDS, TuneRequest, tune
     from deploy.session import parse_host_port
 
     request = TuneRequest(
-        target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
+        BuildRequest(target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
+                     tuning_log=args.tuning_log),
         trials=args.trials, minutes=args.minutes,
         kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
         rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,
-        rpc_key=args.rpc_key, session_timeout=args.session_timeout, tuning_log=args.tuning_log,
+        rpc_key=args.rpc_key, session_timeout=args.session_timeout,
     )
     report = tune(request)
     by_kind: dict[str, float] = {}

@@ -24,19 +24,13 @@ LOG_ROOT = Path(os.environ.get("MNV2_CACHE", pipeline.PROJECT_ROOT / ".cache")) 
 
 @dataclass
 class TuneRequest:
-    target: str = "host"
-    width: float = 1.0
-    resolution: int = 224
-    dtype: str = "float32"
-    model: Path | None = None
+    build: pipeline.BuildRequest  # which model, for which target; its tuning_log is the database
     trials: int = 32  # per task
     minutes: float | None = None  # stop starting new tasks after this long
     kinds: tuple[str, ...] = KINDS
     rpc_tracker: tuple[str, int] | None = None
     rpc_key: str | None = None
     session_timeout: int = 120  # slow boards need more than MetaSchedule's default 10 s
-    tuning_log: Path | None = None
-    out: Path = pipeline.DEFAULT_OUT
 
 
 @dataclass
@@ -88,9 +82,7 @@ def _builder(request: TuneRequest, profile):
 def tune(request: TuneRequest, progress=print) -> TuneReport:
     from tvm.s_tir import meta_schedule as ms
 
-    # MetaSchedule's per-trial tables and XGBoost lines go to its log files, not the console.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
-    profile = load_profile(request.target)
+    profile = load_profile(request.build.target)
     if profile.is_gpu:
         raise UserError(f"Tuning {profile.name} (OpenCL) is not supported yet: its build applies dlight's "
                         f"GPU schedules. Tune a CPU target.")
@@ -99,12 +91,10 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         raise UserError(f"Unknown task kinds {', '.join(sorted(unknown))}: choose from {', '.join(KINDS)} or all.")
     if request.trials < 1:
         raise UserError("--trials must be at least 1.")
-    build_request = pipeline.BuildRequest(target=request.target, width=request.width, resolution=request.resolution,
-                                          dtype=request.dtype, model=request.model, out=request.out)
-    source = pipeline.sources(build_request)[0]
+    source = pipeline.sources(request.build)[0]
     mod, _ = frontend.load_relax(source.path)
     target = profile.tvm_target()
-    db_path = Path(request.tuning_log) if request.tuning_log else pipeline.TUNING_ROOT / profile.name
+    db_path = Path(request.build.tuning_log or pipeline.TUNING_ROOT / profile.name)
     db_path.mkdir(parents=True, exist_ok=True)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
@@ -131,6 +121,9 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
                 progress(f"[tune] --minutes {request.minutes:g} reached; rerun to continue")
                 break
             todo = request.trials - have
+            # MetaSchedule's tables and XGBoost lines go to its log files, not the console; its
+            # logging set-up resets the level on every call, hence here, per task.
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 [task], work_dir=str(LOG_ROOT / profile.name), num_threads=os.cpu_count())
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(LOG_ROOT / profile.name),

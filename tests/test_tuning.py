@@ -1,0 +1,85 @@
+"""MetaSchedule tuning: task classification, local and RPC tuning, resume, and the build applying it."""
+
+import json
+
+import pytest
+from conftest import run_cli
+from rpc_helpers import tracker_with_servers
+
+from compile import tuning
+from compile.frontend import load_relax
+from compile.generate import write_variant
+from compile.variants import Variant
+from deploy import emulated_board
+from targets.profiles import load_profile
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune") / "mnv2_0.35_96_float32.tflite"
+    write_variant(Variant(0.35, 96), "float32", path)
+    return path
+
+
+def test_tasks_are_classified_by_shape(small_model):
+    mod, _ = load_relax(small_model)
+    tasks = tuning.extract_tasks(mod, load_profile("host").tvm_target())
+    weights: dict[str, int] = {}
+    for task in tasks:
+        weights[tuning.classify(task)] = weights.get(tuning.classify(task), 0) + task.weight
+    # 17 depthwise convs; 16 expansions + 17 projections + the last 1x1; the stem; mean, dense, softmax.
+    assert weights == {"depthwise": 17, "pointwise": 34, "stem": 1, "other": 3}
+
+
+def test_repair_drops_a_line_cut_by_an_interrupt(tmp_path):
+    (tmp_path / tuning.WORKLOAD_FILE).write_text('["a", 1]\n')
+    (tmp_path / tuning.RECORD_FILE).write_text('[0, {"x": 1}]\n[0, {"x": ')
+    assert tuning.repair_database(tmp_path) == 1
+    assert (tmp_path / tuning.RECORD_FILE).read_text() == '[0, {"x": 1}]\n'
+
+
+def tune(tmp_path, model, *flags):
+    return run_cli("compile/tune.py", "--model", model, "--tuning-log", tmp_path / "db", "--trials", "2",
+                   "--kinds", "stem", *flags, timeout=900)
+
+
+@pytest.mark.slow
+def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
+    first = tune(tmp_path, small_model, "--target", "host")
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "[1/1]" in first.stdout and "(stem, x1): best" in first.stdout
+    again = tune(tmp_path, small_model, "--target", "host")
+    assert "records already, skipped" in again.stdout  # resumed: nothing left to do
+    built = run_cli("compile/build.py", "--target", "host", "--model", small_model, "--tuning-log", tmp_path / "db",
+                    "--out", tmp_path / "dist", "--verify")
+    assert built.returncode == 0, built.stderr
+    assert "untuned" in built.stderr  # the warning names the tasks still untuned
+    manifest = json.loads((tmp_path / "dist" / "host" / small_model.stem / "manifest.json").read_text())
+    assert manifest["tuning"]["tuned_tasks"] == 1 and manifest["tuning"]["tasks"] == 33
+    assert len(manifest["tuning"]["untuned"]) == 32
+    assert "OK against LiteRT" in built.stdout  # tuned code is still correct
+
+
+@pytest.mark.slow
+def test_tuning_through_a_tracker_on_this_hosts_rpc_server(tmp_path, small_model):
+    with tracker_with_servers(tmp_path / "logs") as services:
+        port = services.find("tracker").port
+        result = tune(tmp_path, small_model, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}",
+                      "--rpc-key", "host")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "(stem, x1): best" in result.stdout
+    assert (tmp_path / "db" / tuning.RECORD_FILE).read_text().count("\n") >= 2
+
+
+@pytest.mark.slow
+def test_one_task_on_the_emulated_board(tmp_path, small_model):
+    """Functional only: the candidates are cross-linked for aarch64 and run under qemu."""
+    services = emulated_board.start()
+    try:
+        port = services.find("tracker").port
+        result = tune(tmp_path, small_model, "--target", "arm_cpu", "--rpc-tracker", f"127.0.0.1:{port}",
+                      "--rpc-key", emulated_board.KEY, "--session-timeout", "300")
+    finally:
+        emulated_board.stop()
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "(stem, x1): best" in result.stdout
