@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="rebuild even when dist/ is up to date")
     parser.add_argument("--list-variants", action="store_true", help="print the 22 published variants")
     parser.add_argument("--list-targets", action="store_true", help="print the device profiles")
+    parser.add_argument("--describe", type=Path, metavar="FILE.tflite",
+                        help="check a .tflite file and print its inputs, outputs and ops")
     parser.add_argument("--json", action="store_true", help="with --list-*: print JSON")
     return parser.parse_args(argv)
 
@@ -66,6 +68,22 @@ def list_targets(as_json: bool) -> None:
         print(f"{p.name:<14} {p.description}")
 
 
+def describe(path: Path, as_json: bool) -> None:
+    from compile.frontend import describe as describe_model, load_relax
+
+    info = describe_model(path)
+    load_relax(path)  # also reports ops TVM cannot convert
+    if as_json:
+        print(json.dumps(info.to_dict()))
+        return
+    print(f"{path}: {info.size_bytes} bytes, sha256 {info.sha256[:16]}..., {info.subgraphs} subgraph(s)")
+    for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
+        for t in tensors:
+            quant = f" scale {t.scale[0]:.6g} zero point {t.zero_point[0]}" if t.quantized else ""
+            print(f"  {kind} {t.name}: {t.shape} {t.dtype}{quant}")
+    print("  ops: " + ", ".join(f"{name} x{count}" for name, count in info.ops.items()))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list_variants:
@@ -73,6 +91,9 @@ def main(argv=None) -> int:
         return 0
     if args.list_targets:
         list_targets(args.json)
+        return 0
+    if args.describe:
+        describe(args.describe, args.json)
         return 0
     from compile import pipeline, runtime_bundle
 

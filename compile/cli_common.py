@@ -14,6 +14,8 @@ def run_main(main) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.exit(0)
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume.", file=sys.stderr)
         sys.exit(130)

