@@ -29,6 +29,15 @@ class ArtifactCheck:
         return [f"{c.name}: {c.problem}" for c in self.checks if not c.ok]
 
 
+def compare_with_litert(model: Path, output_names: list[str], input_sets, device_outputs) -> list[OutputCheck]:
+    """Check the device's outputs for each input set against LiteRT's on this host."""
+    checks = []
+    for values, got in zip(input_sets, device_outputs):
+        reference, spread = reference_outputs(model, values)
+        checks += check_outputs(output_names, reference, got, spread)
+    return checks
+
+
 def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=None) -> ArtifactCheck:
     """Load out_dir/model.so in the session and compare each output with LiteRT's.
 
@@ -39,9 +48,7 @@ def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=Non
     input_infos = [TensorInfo(**t) for t in manifest["inputs"]]
     output_names = [t["name"] for t in manifest["outputs"]]
     device = session.device("opencl" if manifest.get("opencl_kernels") else "cpu")
-    vm = runner.load_vm(session.load(out_dir / LIBRARY), device)
-    result = ArtifactCheck(str(out_dir))
-    for values in inputs if inputs is not None else (model_inputs(input_infos, s) for s in seeds):
-        reference, spread = reference_outputs(out_dir / "model.tflite", values)
-        result.checks += check_outputs(output_names, reference, runner.run(vm, device, values), spread)
-    return result
+    vm = runner.load_vm(session.load(out_dir / LIBRARY, f"{manifest['name']}.so"), device)
+    input_sets = inputs if inputs is not None else [model_inputs(input_infos, s) for s in seeds]
+    outputs = [runner.run(vm, device, values) for values in input_sets]
+    return ArtifactCheck(str(out_dir), compare_with_litert(out_dir / "model.tflite", output_names, input_sets, outputs))

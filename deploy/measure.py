@@ -33,7 +33,7 @@ def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, setti
 
     session = LocalSession() if endpoint is None else endpoint.open()
     started = time.perf_counter()
-    module = session.load(library, remote_name) if endpoint is not None else session.load(library)
+    module = session.load(library, remote_name)
     device = session.device(kind)
     vm = runner.load_vm(module, device)
     load_seconds = time.perf_counter() - started

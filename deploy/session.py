@@ -20,7 +20,7 @@ class LocalSession:
 
     name = "local"
 
-    def load(self, library: str | Path):
+    def load(self, library: str | Path, remote_name: str | None = None):
         import tvm
 
         return tvm.runtime.load_module(str(library))

@@ -17,9 +17,8 @@ from compile.images import model_inputs
 from compile.variants import Variant, official_variants
 from deploy import loopback, report, results
 from deploy.measure import DeviceError, TimingSettings, run_on_device
-from deploy.reference import reference_outputs
+from deploy.check import compare_with_litert
 from deploy.session import Endpoint
-from deploy.verify import check_outputs
 
 
 @dataclass
@@ -72,9 +71,8 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
         result.error = str(err)
         return result
     names = [t["name"] for t in manifest["outputs"]]
-    for values, got in zip(input_sets, device["outputs"]):
-        reference, spread = reference_outputs(out_dir / "model.tflite", values)
-        result.verification += [c.to_dict() for c in check_outputs(names, reference, got, spread)]
+    checks = compare_with_litert(out_dir / "model.tflite", names, input_sets, device["outputs"])
+    result.verification = [c.to_dict() for c in checks]
     result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
     if device["samples"]:
         result.latency = results.LatencyStats.from_seconds(device["samples"])

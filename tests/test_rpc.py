@@ -165,3 +165,20 @@ def test_ctrl_c_writes_out_what_finished(tmp_path):
     report = (tmp_path / "results" / "report.md").read_text()
     assert "| 0.35 |" in report  # the variant finished before Ctrl-C is in the report
     assert [r.name for r in read_results(tmp_path)] == ["mnv2_0.35_96_float32"]
+
+
+def test_board_command_starts_and_stops_by_pid():
+    started = run_cli("deploy/board.py", "start", timeout=600)
+    try:
+        assert started.returncode == 0, started.stderr
+        port = int(started.stdout.split("--rpc-tracker 127.0.0.1:")[1].split()[0])
+        assert loopback.tracker_keys("127.0.0.1", port) == {"emulated-a72": 1}
+        status = run_cli("deploy/board.py", "status")
+        pids = [int(line.split("pid ")[1].split(",")[0]) for line in status.stdout.splitlines() if "pid" in line]
+        assert len(pids) == 2
+    finally:
+        stopped = run_cli("deploy/board.py", "stop")
+    assert stopped.returncode == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    assert "not running" in run_cli("deploy/board.py", "status").stdout
