@@ -66,7 +66,8 @@ def _runner(request: TuneRequest, profile):
     wait_for_key(host, port, key, timeout=10)
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=request.session_timeout)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
+                               f_alloc_argument=tuning.host_filled_arguments)
 
 
 def _builder(request: TuneRequest, profile):

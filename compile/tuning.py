@@ -108,9 +108,10 @@ class TuningDatabase:
             "untuned": untuned,
         }
         if untuned:
+            shown = ", ".join(untuned[:8]) + (f" and {len(untuned) - 8} more (see the manifest)" if len(untuned) > 8 else "")
             warnings.warn(
                 f"{len(untuned)} of {len(tuned) + len(untuned)} tasks have no tuned record in {self.path} "
-                f"and run untuned: {', '.join(untuned)}. Tune them with compile/tune.py.",
+                f"and run untuned: {shown}. Tune them with compile/tune.py.",
                 stacklevel=2,
             )
         return ms.relax_integration.compile_relax(self.open(), mod, target, params=None)
@@ -176,3 +177,23 @@ def repair_database(path: Path) -> int:
         if dropped:
             file.write_text("".join(line + "\n" for line in kept))
     return dropped
+
+
+def host_filled_arguments(session, device, args_info, alloc_repeat: int) -> list:
+    """Measurement inputs filled on the host and copied to the board. MetaSchedule's default asks the
+    board for `tvm.contrib.random`, which runtime-only TVM builds (the aarch64 wheel's runtime,
+    most board builds) do not have."""
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(tensor) -> None:
+        dtype, shape = str(tensor.dtype), tuple(int(d) for d in tensor.shape)
+        if dtype.startswith(("int", "uint")):
+            values = rng.integers(0, 8, shape)
+        else:
+            values = rng.uniform(-1.0, 1.0, shape)
+        tensor.copyfrom(values.astype(dtype))
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
