@@ -38,10 +38,14 @@ def artifact_dir(out: Path, profile: Profile, source: artifact.ModelSource) -> P
 
 
 def generated_source(variant: Variant, dtype: str, out: Path) -> artifact.ModelSource:
-    """Write the variant's .tflite under out/models/ (reused when present) and describe it."""
+    """Generate the variant's .tflite under out/models/. Always generated (a second or two), never
+    trusted from disk: a file left by an older generator would silently differ; it is rewritten only
+    when its bytes change, so builds of unchanged models stay up to date."""
     path = Path(out) / "models" / f"mnv2_{variant.tag}_{dtype}.tflite"
-    if not path.exists():
-        generate.write_variant(variant, dtype, path)
+    data = generate.variant_tflite(variant, dtype)
+    if not path.exists() or path.read_bytes() != data:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return artifact.ModelSource(path, variant, dtype)
 
 
