@@ -47,7 +47,8 @@ def classify(task) -> str:
     (HWOI with O=1 for depthwise): 3x3xCx1 is depthwise, 1x1 pointwise, 3x3 over 3 channels the stem.
     """
     func = next(iter(task.dispatched[0].functions.values()))
-    if len(func.params) < 2 or len(func.params[1].shape) != 4:
+    # A conv task has data, weight, (bias,) output; with two buffers the second is an output.
+    if len(func.params) < 3 or len(func.params[1].shape) != 4:
         return "other"
     kh, kw, cin, cout = (int(d) for d in func.params[1].shape)
     if (kh, kw) == (1, 1):

@@ -83,3 +83,14 @@ def test_one_task_on_the_emulated_board(tmp_path, small_model):
         emulated_board.stop()
     assert result.returncode == 0, result.stderr + result.stdout
     assert "(stem, x1): best" in result.stdout
+
+
+def test_int8_tasks_keep_their_conv_kinds(tmp_path):
+    """Quantize/dequantize fusions must not hide a conv, and a lone dequantize is not a conv."""
+    path = tmp_path / "int8.tflite"
+    write_variant(Variant(0.35, 96), "int8", path)
+    mod, _ = load_relax(path)
+    weights: dict[str, int] = {}
+    for task in tuning.extract_tasks(mod, load_profile("host").tvm_target()):
+        weights[tuning.classify(task)] = weights.get(tuning.classify(task), 0) + task.weight
+    assert weights["depthwise"] == 17 and weights["stem"] == 1 and weights["pointwise"] == 34
