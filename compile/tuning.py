@@ -85,9 +85,9 @@ class TuningDatabase:
             digest.update(file.read_bytes() if file.exists() else b"")
         return digest.hexdigest()
 
-    def coverage(self, mod, target) -> tuple[list[str], list[str]]:
+    def coverage(self, mod, target, database=None) -> tuple[list[str], list[str]]:
         """(tuned task names, untuned task names) of this module in this database."""
-        database = self.open()
+        database = database or self.open()
         tuned, untuned = [], []
         for task in extract_tasks(mod, target):
             workload_mod = task.dispatched[0]
@@ -100,7 +100,8 @@ class TuningDatabase:
     def compile(self, mod, target):
         from tvm.s_tir import meta_schedule as ms
 
-        tuned, untuned = self.coverage(mod, target)
+        database = self.open()
+        tuned, untuned = self.coverage(mod, target, database)
         self._last_summary = {
             "database": str(self.path),
             "fingerprint": self.fingerprint(),
@@ -115,7 +116,7 @@ class TuningDatabase:
                 f"and run untuned: {shown}. Tune them with compile/tune.py.",
                 stacklevel=2,
             )
-        return ms.relax_integration.compile_relax(self.open(), mod, target, params=None)
+        return ms.relax_integration.compile_relax(database, mod, target, params=None)
 
     def summary(self) -> dict:
         return self._last_summary or {"database": str(self.path), "fingerprint": self.fingerprint()}
