@@ -11,12 +11,10 @@ from pathlib import Path
 
 from compile import artifact, generate
 from compile.errors import UserError
+from compile.paths import DEFAULT_OUT, PROJECT_ROOT, TUNING_ROOT  # noqa: F401 - part of this API
 from compile.variants import Variant, official_variants
 from targets.profiles import Profile, load_profile
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = PROJECT_ROOT / "dist"
-TUNING_ROOT = PROJECT_ROOT / "tuning_logs"
 
 
 @dataclass

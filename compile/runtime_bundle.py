@@ -15,8 +15,9 @@ from importlib import metadata
 from pathlib import Path
 
 from compile.errors import UserError
+from compile.paths import CACHE_ROOT
 
-CACHE = Path(os.environ.get("MNV2_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "runtime-wheels"
+CACHE = CACHE_ROOT / "runtime-wheels"
 # Files in the wheels that an app needs at run time (the compiler library is not one of them).
 RUNTIME_FILES = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
 WHEEL_PLATFORMS = {"aarch64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64")}

@@ -12,9 +12,10 @@ import subprocess
 from pathlib import Path
 
 from compile.errors import UserError
+from compile.paths import CACHE_ROOT
 from targets.profiles import Profile
 
-STUB_DIR = Path(os.environ.get("MNV2_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "android-stubs"
+STUB_DIR = CACHE_ROOT / "android-stubs"
 
 
 def _require(tool: str, apt: str, why: str):

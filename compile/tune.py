@@ -55,8 +55,10 @@ def main(argv=None) -> int:
     for task in report.tasks:
         if task.best_ms is not None:
             by_kind[task.kind] = by_kind.get(task.kind, 0.0) + task.best_ms * task.weight
-    print(f"[tune] done in {report.seconds / 60:.1f} min; estimated time per inference by kind: "
-          + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
+    done_before = sum(task.skipped for task in report.tasks)
+    print(f"[tune] {'stopped by --minutes' if report.stopped_early else 'done'} in {report.seconds / 60:.1f} min "
+          f"({len(report.tasks) - done_before} tasks tuned now, {done_before} done before); "
+          "estimated time per inference by kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
     return 0
 
 

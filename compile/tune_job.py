@@ -16,10 +16,11 @@ from pathlib import Path
 
 from compile import frontend, pipeline, tuning
 from compile.errors import UserError
+from compile.paths import CACHE_ROOT
 from targets.profiles import load_profile
 
 KINDS = ("depthwise", "pointwise", "stem", "other")
-LOG_ROOT = Path(os.environ.get("MNV2_CACHE", pipeline.PROJECT_ROOT / ".cache")) / "tuning-logs"
+LOG_ROOT = CACHE_ROOT / "tuning-logs"
 
 
 @dataclass
@@ -99,8 +100,8 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     db_path.mkdir(parents=True, exist_ok=True)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
-    tasks = [t for t in tuning.extract_tasks(mod, target) if tuning.classify(t) in request.kinds]
-    tasks.sort(key=lambda t: -t.weight)
+    tasks = [(t, tuning.classify(t)) for t in tuning.extract_tasks(mod, target)]
+    tasks = sorted(((t, kind) for t, kind in tasks if kind in request.kinds), key=lambda item: -item[0].weight)
     runner, builder = _runner(request, profile), _builder(request, profile)
     report = TuneReport(str(db_path))
     started = time.monotonic()
@@ -108,8 +109,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     progress(f"[tune] {source.name} on {profile.name}: {len(tasks)} tasks ({', '.join(request.kinds)}), "
              f"{request.trials} trials each, database {db_path}")
     try:
-        for index, task in enumerate(tasks, 1):
-            kind = tuning.classify(task)
+        for index, (task, kind) in enumerate(tasks, 1):
             have = len(tuning.records_for(database, task, request.trials))
             step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight})"
             if have >= request.trials:

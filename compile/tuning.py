@@ -169,15 +169,17 @@ def repair_database(path: Path) -> int:
         file = Path(path) / name
         if not file.exists():
             continue
+        lines = file.read_text().splitlines()
         kept = []
-        for line in file.read_text().splitlines():
+        for line in lines:
             try:
                 json.loads(line)
                 kept.append(line)
             except json.JSONDecodeError:
-                dropped += 1
-        if dropped:
+                pass
+        if len(kept) < len(lines):
             file.write_text("".join(line + "\n" for line in kept))
+            dropped += len(lines) - len(kept)
     return dropped
 
 

@@ -17,9 +17,10 @@ from importlib import metadata
 from pathlib import Path
 
 from compile.errors import UserError
+from compile.paths import CACHE_ROOT
 from deploy import loopback
 
-CACHE = Path(os.environ.get("MNV2_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "board"
+CACHE = CACHE_ROOT / "board"
 ROOT = CACHE / "rootfs"  # arm64 files, found by qemu through QEMU_LD_PREFIX
 SITE = CACHE / "site-packages"  # aarch64 wheels
 LAUNCHER = CACHE / "python3-aarch64"
