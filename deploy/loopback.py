@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -30,8 +31,20 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def free_port_span(span: int = PORT_SPAN, start: int = 20000, end: int = 60000) -> int:
-    """The first port of `span` consecutive free loopback ports (checked, not guessed)."""
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def free_port_span(span: int = PORT_SPAN, start: int = 20000, end: int | None = None) -> int:
+    """The first port of `span` consecutive free loopback ports (checked, not guessed).
+
+    Ports come from below the kernel's ephemeral range: a port in that range can be taken at any moment
+    as the source port of an outgoing connection, and a client polling such a port can connect to itself.
+    """
+    end = end or max(_ephemeral_start(), start + 100 * span)
     base = start + (os.getpid() * 37) % (end - start - span)  # spread parallel runs apart
     for offset in range(0, end - start, span):
         port = start + (base - start + offset) % (end - start - span)
@@ -47,8 +60,11 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
         if process is not None and process.poll() is not None:
             raise UserError(f"A process meant to listen on {host}:{port} exited with code {process.returncode}.")
         try:
-            with socket.create_connection((host, port), timeout=min(2.0, timeout)):
-                return
+            with socket.create_connection((host, port), timeout=min(2.0, timeout)) as sock:
+                # TCP simultaneous open: polling a closed local port can connect the socket to itself
+                if sock.getsockname() != sock.getpeername():
+                    return
+                raise ConnectionRefusedError(111, "Connection refused")
         except OSError as err:
             if time.monotonic() >= deadline:
                 raise UserError(f"Nothing answers at {host}:{port} ({err.strerror or err}) after "
@@ -157,13 +173,26 @@ def start_server(key: str, log_dir: Path, tracker_port: int | None = None, pytho
 def tracker_keys(host: str, port: int, timeout: float = 5.0) -> dict[str, int]:
     """{key: free servers} as the tracker reports them; UserError when no tracker answers."""
     from tvm import rpc
+    from tvm.rpc.base import RPC_TRACKER_MAGIC
 
     try:
         wait_for_port(port, timeout, host=host)
     except UserError as err:
         raise UserError(f"No RPC tracker: {err} Start one (python -m tvm.exec.rpc_tracker --host 127.0.0.1 "
                         f"--port {port} --port-end {port + PORT_SPAN}) or fix --rpc-tracker.") from None
-    summary = rpc.connect_tracker(host, port).summary()
+    not_a_tracker = UserError(f"{host}:{port} answers but is not a TVM RPC tracker: fix --rpc-tracker.")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:  # bounded handshake first
+            sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+            reply = sock.recv(4, socket.MSG_WAITALL)
+        if len(reply) != 4 or struct.unpack("<i", reply)[0] != RPC_TRACKER_MAGIC:
+            raise not_a_tracker
+        summary = rpc.connect_tracker(host, port).summary()
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, TimeoutError):
+            raise not_a_tracker from None
+        raise UserError(f"The RPC tracker at {host}:{port} stopped answering ({err}). Restart it, "
+                        f"then the device's RPC server, and run again.") from None
     keys: dict[str, int] = {}
     for info in summary.get("server_info", []):
         key = info["key"].split(":", 1)[-1] if info["key"].startswith("server:") else info["key"]

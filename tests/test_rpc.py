@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,6 +110,25 @@ def test_no_tracker_and_no_server_for_key_fail_fast(tmp_path):
                         "--key-wait", "3", *SMALL)
         assert_clean_error(missing, "'pixel'", "no device")
     assert time.monotonic() - started < 60
+
+
+def test_a_port_that_is_not_a_tracker_is_named(tmp_path):
+    with socket.socket() as silent:  # accepts connections, never answers: must not hang the sweep
+        silent.bind(("127.0.0.1", loopback.free_port_span(1)))
+        silent.listen()
+        port = silent.getsockname()[1]
+        result = bench(tmp_path, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}", "--key-wait", "2",
+                       *SMALL, timeout=120)
+    assert_clean_error(result, "not a TVM RPC tracker", str(port))
+
+
+def test_loopback_ports_avoid_the_ephemeral_range():
+    # A port in the ephemeral range can be taken as the source port of any outgoing connection, and
+    # polling such a closed port can connect a socket to itself (what once made a tracker seem up).
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(3):
+        port = loopback.free_port_span()
+        assert port + loopback.PORT_SPAN <= low
 
 
 def _sweep_until_running(tmp_path, port, extra):
