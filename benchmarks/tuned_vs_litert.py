@@ -3,8 +3,9 @@
     python benchmarks/tuned_vs_litert.py [--variants 1.0/224,0.35/96] [--dtypes float32,int8] [--runs 30]
 
 LiteRT runs XNNPACK with as many threads as TVM's thread pool (this machine's cores). Medians of
---runs single inferences each, after a warm-up. Prints the ratios; the machine is shared and noisy,
-so compare ratios from one run, not absolute numbers across runs.
+--runs single inferences each, taken in turns (a warm-up, then back-to-back inferences of one
+runtime, then the next) so that load from other tenants of this shared machine hits them alike. Prints the ratios:
+compare ratios from one run, not absolute numbers across runs.
 """
 
 from __future__ import annotations
@@ -28,38 +29,75 @@ from deploy.session import LocalSession  # noqa: E402
 from targets.profiles import load_profile  # noqa: E402
 
 
-def tvm_median_ms(out_dir: Path, inputs, runs: int) -> float:
+def tvm_invoker(out_dir: Path, inputs):
     session = LocalSession()
     device = session.device()
     vm = runner.load_vm(session.load(out_dir / "model.so"), device)
     runner.run(vm, device, inputs)  # warm-up, and sets the inputs
-    timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=runs)
-    return float(np.median(timer("main").results) * 1e3)
+    return lambda: vm.invoke_stateful("main")  # synchronous on the CPU
 
 
-def litert_median_ms(model: Path, inputs, runs: int, threads: int) -> float:
+def litert_invoker(model: Path, inputs, threads: int):
     reference = LiteRTModel(model, num_threads=threads)
     reference.set_inputs(inputs)
-    reference.invoke()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        reference.invoke()
-        samples.append(time.perf_counter() - started)
-    return float(np.median(samples) * 1e3)
+    reference.invoke()  # warm-up
+    return reference.invoke
 
 
-def breakdown(model: Path, database: Path) -> dict[str, float]:
-    """Estimated ms per inference by task kind, from the database's best measured records."""
+def interleaved_medians_ms(invokers: dict, runs: int, rounds: int = 5) -> dict[str, float]:
+    """Medians of `runs` inferences each, taken in `rounds` turns: a burst of load on the shared machine
+    hits all of them alike, so their ratios hold when absolute times move. Within a turn the inferences
+    run back to back after an untimed one, as benchmark_model does: caches warm, the other runtime's
+    spinning worker threads gone to sleep."""
+    samples: dict[str, list[float]] = {name: [] for name in invokers}
+    for turn in range(rounds):
+        for name, invoke in invokers.items():
+            invoke()
+            for _ in range(runs // rounds + (turn < runs % rounds)):
+                started = time.perf_counter()
+                invoke()
+                samples[name].append(time.perf_counter() - started)
+    return {name: float(np.median(times) * 1e3) for name, times in samples.items()}
+
+
+def model_tasks(model: Path) -> list[tuple]:
+    """(task, kind) for each kernel of the model as the build fuses it."""
     mod, _ = load_relax(model)
-    target = load_profile("host").tvm_target()
+    return [(task, tuning.classify(task)) for task in tuning.extract_tasks(mod, load_profile("host").tvm_target())]
+
+
+def estimated_breakdown(tasks: list[tuple], database: Path) -> dict[str, float]:
+    """Ms per inference by task kind from the database's best records (each kernel timed alone, warm caches)."""
     db = tuning.TuningDatabase(database).open()
     totals: dict[str, float] = {}
-    for task in tuning.extract_tasks(mod, target):
+    for task, kind in tasks:
         best = tuning.best_seconds(db, task)
-        kind = tuning.classify(task) if best is not None else "untuned"
+        kind = kind if best is not None else "untuned"
         totals[kind] = totals.get(kind, 0.0) + (best or 0.0) * 1e3 * task.weight
     return totals
+
+
+def measured_breakdown(out_dir: Path, inputs, kinds: dict[str, str], runs: int) -> dict[str, float]:
+    """Ms per inference by task kind inside whole inferences (weights and activations as the model leaves
+    them in the caches), timed around each VM call; calls that are not tuned kernels count as "vm"."""
+    session = LocalSession()
+    device = session.device()
+    vm = runner.load_vm(session.load(out_dir / "model.so"), device)
+    runner.run(vm, device, inputs)
+    calls: dict[str, list[float]] = {}
+    started: list[float] = []
+
+    def instrument(_func, name, before_run, _ret, *_args):
+        if before_run:
+            started.append(time.perf_counter())
+        else:
+            calls.setdefault(kinds.get(name, "vm"), []).append(time.perf_counter() - started.pop())
+        return 0  # carry on
+
+    vm.set_instrument(instrument)
+    for _ in range(runs):
+        vm.invoke_stateful("main")
+    return {kind: sum(times) * 1e3 / runs for kind, times in calls.items()}
 
 
 def main() -> int:
@@ -83,22 +121,29 @@ def main() -> int:
                 built[label] = (args.out / label / "host" / manifest["name"], manifest)
             out_dir, manifest = built["tuned"]
             inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
-            untuned = tvm_median_ms(built["untuned"][0], inputs, args.runs)
-            tuned = tvm_median_ms(out_dir, inputs, args.runs)
-            litert = litert_median_ms(out_dir / "model.tflite", inputs, args.runs, threads)
+            medians = interleaved_medians_ms({"untuned": tvm_invoker(built["untuned"][0], inputs),
+                                              "tuned": tvm_invoker(out_dir, inputs),
+                                              "litert": litert_invoker(out_dir / "model.tflite", inputs, threads)},
+                                             args.runs)
+            untuned, tuned, litert = medians["untuned"], medians["tuned"], medians["litert"]
             tuning_info = manifest["tuning"]
+            tasks = model_tasks(out_dir / "model.tflite")
+            kinds = {task.task_name: kind for task, kind in tasks}
             rows.append((f"{width}/{res}", dtype, untuned, tuned, litert, tuning_info.get("tuned_tasks"),
-                         tuning_info.get("tasks"), breakdown(out_dir / "model.tflite", database)))
+                         tuning_info.get("tasks"), estimated_breakdown(tasks, database),
+                         measured_breakdown(out_dir, inputs, kinds, args.runs)))
     print(f"\nThis machine: {load_profile('host').target['mcpu']}, {threads} threads for TVM and LiteRT; "
           f"medians of {args.runs} runs\n")
     print("| variant | dtype | TVM untuned ms | TVM tuned ms | LiteRT ms | tuned / LiteRT | untuned / tuned | tuned tasks |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, dtype, untuned, tuned, litert, hit, total, _ in rows:
+    for name, dtype, untuned, tuned, litert, hit, total, *_ in rows:
         print(f"| {name} | {dtype} | {untuned:.2f} | {tuned:.2f} | {litert:.2f} | {tuned / litert:.2f}x | "
               f"{untuned / tuned:.1f}x | {hit}/{total} |")
-    print("\nEstimated tuned time per inference by task kind (ms, from the database's best records):")
-    for name, dtype, *_, kinds in rows:
-        print(f"  {name} {dtype}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items())))
+    print("\nTuned time per inference by task kind, ms: estimated from the database's best records (each kernel "
+          "alone, warm caches) -> measured inside whole inferences (timed around each call, which adds a little)")
+    for name, dtype, *_, estimated, measured in rows:
+        print(f"  {name} {dtype}: " + ", ".join(f"{k} {estimated.get(k, 0):.2f} -> {measured.get(k, 0):.2f}"
+                                                for k in sorted(set(estimated) | set(measured))))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Tune a model's tasks with MetaSchedule into tuning_logs/<target>/, locally or on a board over RPC.
 
-Task by task, heaviest first: a task that already holds enough records is skipped, so an
+Task by task, untuned tasks first (most work first), then the rest by their measured share of
+the model's time; a task that already holds enough records is skipped, so an
 interrupted run resumes where it stopped; the database is append-only JSON lines and is repaired
 (cut lines dropped) after an interrupt.
 """
@@ -101,7 +102,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
     tasks = [(t, tuning.classify(t)) for t in tuning.extract_tasks(mod, target)]
-    tasks = sorted(((t, kind) for t, kind in tasks if kind in request.kinds), key=lambda item: -item[0].weight)
+    tasks = tuning_order(database, [(t, kind) for t, kind in tasks if kind in request.kinds])
     runner, builder = _runner(request, profile), _builder(request, profile)
     report = TuneReport(str(db_path))
     started = time.monotonic()
@@ -142,6 +143,20 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         raise
     report.seconds = time.monotonic() - started
     return report
+
+
+def tuning_order(database, tasks: list[tuple]) -> list[tuple]:
+    """(task, kind) pairs in the order to tune them, so a --minutes stop leaves the least time on the
+    table: tasks without a record first, by their work (weight x flops); then the others by their
+    measured share of the model's time (weight x best time)."""
+    def priority(item) -> tuple:
+        task = item[0]
+        best = tuning.best_seconds(database, task)
+        if best is None:
+            return (0, -task.weight * tuning.task_flops(task))
+        return (1, -task.weight * best)
+
+    return sorted(tasks, key=priority)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -60,6 +60,13 @@ def classify(task) -> str:
     return "other"
 
 
+def task_flops(task) -> float:
+    """Floating-point work of one call of the task (for ordering: weight x flops is its share of the model)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    return float(estimate_tir_flops(task.dispatched[0]))
+
+
 def extract_tasks(mod, target) -> list:
     from tvm.s_tir import meta_schedule as ms
 

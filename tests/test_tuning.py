@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 from rpc_helpers import tracker_with_servers
 
-from compile import tuning
+from compile import tune_job, tuning
 from compile.frontend import load_relax
 from compile.generate import write_variant
 from compile.variants import Variant
@@ -50,6 +50,11 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     assert "[1/1]" in first.stdout and "(stem, x1): best" in first.stdout
     again = tune(tmp_path, small_model, "--target", "host")
     assert "records already, skipped" in again.stdout  # resumed: nothing left to do
+    mod, _ = load_relax(small_model)
+    tasks = [(t, tuning.classify(t)) for t in tuning.extract_tasks(mod, load_profile("host").tvm_target())]
+    order = tune_job.tuning_order(tuning.TuningDatabase(tmp_path / "db").open(), tasks)
+    assert order[-1][1] == "stem"  # the one tuned task comes after every untuned one
+    assert order[0][0].task_name == max(tasks, key=lambda t: t[0].weight * tuning.task_flops(t[0]))[0].task_name
     built = run_cli("compile/build.py", "--target", "host", "--model", small_model, "--tuning-log", tmp_path / "db",
                     "--out", tmp_path / "dist", "--verify")
     assert built.returncode == 0, built.stderr
