@@ -4,8 +4,8 @@
 
 LiteRT runs XNNPACK with as many threads as TVM's thread pool (this machine's cores). Medians of
 --runs single inferences each, taken in turns (a warm-up, then back-to-back inferences of one
-runtime, then the next) so that load from other tenants of this shared machine hits them alike. Prints the ratios:
-compare ratios from one run, not absolute numbers across runs.
+runtime, then the next) so that load from other tenants of this shared machine hits them alike.
+Prints the ratios: compare ratios from one run, not absolute numbers across runs.
 """
 
 from __future__ import annotations
@@ -29,11 +29,17 @@ from deploy.session import LocalSession  # noqa: E402
 from targets.profiles import load_profile  # noqa: E402
 
 
-def tvm_invoker(out_dir: Path, inputs):
+def tvm_loaded(out_dir: Path, inputs):
+    """The built model in a VM on this CPU, run once (a warm-up) with `inputs`, which stay set."""
     session = LocalSession()
     device = session.device()
     vm = runner.load_vm(session.load(out_dir / "model.so"), device)
-    runner.run(vm, device, inputs)  # warm-up, and sets the inputs
+    runner.run(vm, device, inputs)
+    return vm
+
+
+def tvm_invoker(out_dir: Path, inputs):
+    vm = tvm_loaded(out_dir, inputs)
     return lambda: vm.invoke_stateful("main")  # synchronous on the CPU
 
 
@@ -60,12 +66,6 @@ def interleaved_medians_ms(invokers: dict, runs: int, rounds: int = 5) -> dict[s
     return {name: float(np.median(times) * 1e3) for name, times in samples.items()}
 
 
-def model_tasks(model: Path) -> list[tuple]:
-    """(task, kind) for each kernel of the model as the build fuses it."""
-    mod, _ = load_relax(model)
-    return [(task, tuning.classify(task)) for task in tuning.extract_tasks(mod, load_profile("host").tvm_target())]
-
-
 def estimated_breakdown(tasks: list[tuple], database: Path) -> dict[str, float]:
     """Ms per inference by task kind from the database's best records (each kernel timed alone, warm caches)."""
     db = tuning.TuningDatabase(database).open()
@@ -80,10 +80,7 @@ def estimated_breakdown(tasks: list[tuple], database: Path) -> dict[str, float]:
 def measured_breakdown(out_dir: Path, inputs, kinds: dict[str, str], runs: int) -> dict[str, float]:
     """Ms per inference by task kind inside whole inferences (weights and activations as the model leaves
     them in the caches), timed around each VM call; calls that are not tuned kernels count as "vm"."""
-    session = LocalSession()
-    device = session.device()
-    vm = runner.load_vm(session.load(out_dir / "model.so"), device)
-    runner.run(vm, device, inputs)
+    vm = tvm_loaded(out_dir, inputs)
     calls: dict[str, list[float]] = {}
     started: list[float] = []
 
@@ -127,7 +124,7 @@ def main() -> int:
                                              args.runs)
             untuned, tuned, litert = medians["untuned"], medians["tuned"], medians["litert"]
             tuning_info = manifest["tuning"]
-            tasks = model_tasks(out_dir / "model.tflite")
+            tasks = tuning.classified_tasks(load_relax(out_dir / "model.tflite")[0], load_profile("host").tvm_target())
             kinds = {task.task_name: kind for task, kind in tasks}
             rows.append((f"{width}/{res}", dtype, untuned, tuned, litert, tuning_info.get("tuned_tasks"),
                          tuning_info.get("tasks"), estimated_breakdown(tasks, database),

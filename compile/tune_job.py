@@ -101,8 +101,8 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     db_path.mkdir(parents=True, exist_ok=True)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
-    tasks = [(t, tuning.classify(t)) for t in tuning.extract_tasks(mod, target)]
-    tasks = tuning_order(database, [(t, kind) for t, kind in tasks if kind in request.kinds])
+    tasks = tuning_order(database, [(t, kind) for t, kind in tuning.classified_tasks(mod, target)
+                                    if kind in request.kinds])
     runner, builder = _runner(request, profile), _builder(request, profile)
     report = TuneReport(str(db_path))
     started = time.monotonic()

@@ -73,6 +73,11 @@ def extract_tasks(mod, target) -> list:
     return list(ms.relax_integration.extract_tasks(fuse(mod, target), target))
 
 
+def classified_tasks(mod, target) -> list[tuple]:
+    """(task, kind) for each task of the model as the build fuses it."""
+    return [(task, classify(task)) for task in extract_tasks(mod, target)]
+
+
 class TuningDatabase:
     """A MetaSchedule JSONDatabase folder, applied to a build and summarised in its manifest."""
 

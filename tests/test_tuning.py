@@ -23,10 +23,9 @@ def small_model(tmp_path_factory):
 
 def test_tasks_are_classified_by_shape(small_model):
     mod, _ = load_relax(small_model)
-    tasks = tuning.extract_tasks(mod, load_profile("host").tvm_target())
     weights: dict[str, int] = {}
-    for task in tasks:
-        weights[tuning.classify(task)] = weights.get(tuning.classify(task), 0) + task.weight
+    for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target()):
+        weights[kind] = weights.get(kind, 0) + task.weight
     # 17 depthwise convs; 16 expansions + 17 projections + the last 1x1; the stem; mean, dense, softmax.
     assert weights == {"depthwise": 17, "pointwise": 34, "stem": 1, "other": 3}
 
@@ -51,7 +50,7 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     again = tune(tmp_path, small_model, "--target", "host")
     assert "records already, skipped" in again.stdout  # resumed: nothing left to do
     mod, _ = load_relax(small_model)
-    tasks = [(t, tuning.classify(t)) for t in tuning.extract_tasks(mod, load_profile("host").tvm_target())]
+    tasks = tuning.classified_tasks(mod, load_profile("host").tvm_target())
     order = tune_job.tuning_order(tuning.TuningDatabase(tmp_path / "db").open(), tasks)
     assert order[-1][1] == "stem"  # the one tuned task comes after every untuned one
     assert order[0][0].task_name == max(tasks, key=lambda t: t[0].weight * tuning.task_flops(t[0]))[0].task_name
@@ -96,6 +95,6 @@ def test_int8_tasks_keep_their_conv_kinds(tmp_path):
     write_variant(Variant(0.35, 96), "int8", path)
     mod, _ = load_relax(path)
     weights: dict[str, int] = {}
-    for task in tuning.extract_tasks(mod, load_profile("host").tvm_target()):
-        weights[tuning.classify(task)] = weights.get(tuning.classify(task), 0) + task.weight
+    for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target()):
+        weights[kind] = weights.get(kind, 0) + task.weight
     assert weights["depthwise"] == 17 and weights["stem"] == 1 and weights["pointwise"] == 34
