@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from compile import pipeline, tuning  # noqa: E402
 from compile.frontend import TensorInfo, load_relax  # noqa: E402
 from compile.images import model_inputs  # noqa: E402
+from compile.paths import DEFAULT_OUT, TUNING_ROOT  # noqa: E402
 from deploy import runner  # noqa: E402
 from deploy.reference import LiteRTModel  # noqa: E402
 from deploy.session import LocalSession  # noqa: E402
@@ -102,10 +103,10 @@ def main() -> int:
     parser.add_argument("--variants", default="1.0/224,0.35/96")
     parser.add_argument("--dtypes", default="float32,int8")
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=pipeline.DEFAULT_OUT / "bench")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "bench")
     args = parser.parse_args()
     threads = os.cpu_count()
-    database = pipeline.TUNING_ROOT / "host"
+    database = TUNING_ROOT / "host"
     rows = []
     for spec in args.variants.split(","):
         width, res = spec.split("/")

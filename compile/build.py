@@ -96,10 +96,11 @@ def main(argv=None) -> int:
         describe(args.describe, args.json)
         return 0
     from compile import pipeline, runtime_bundle
+    from compile.paths import DEFAULT_OUT
 
     request = pipeline.BuildRequest(
         target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
-        tuning_log=args.tuning_log, no_tuning=args.no_tuning, out=args.out or pipeline.DEFAULT_OUT,
+        tuning_log=args.tuning_log, no_tuning=args.no_tuning, out=args.out or DEFAULT_OUT,
         all_variants=args.all_variants,
         force=args.force,
     )

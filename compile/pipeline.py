@@ -11,10 +11,9 @@ from pathlib import Path
 
 from compile import artifact, generate
 from compile.errors import UserError
-from compile.paths import DEFAULT_OUT, PROJECT_ROOT, TUNING_ROOT  # noqa: F401 - part of this API
+from compile.paths import DEFAULT_OUT, TUNING_ROOT
 from compile.variants import Variant, official_variants
 from targets.profiles import Profile, load_profile
-
 
 
 @dataclass

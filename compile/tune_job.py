@@ -17,7 +17,7 @@ from pathlib import Path
 
 from compile import frontend, pipeline, tuning
 from compile.errors import UserError
-from compile.paths import CACHE_ROOT
+from compile.paths import CACHE_ROOT, TUNING_ROOT
 from targets.profiles import load_profile
 
 KINDS = ("depthwise", "pointwise", "stem", "other")
@@ -97,7 +97,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     source = pipeline.sources(request.build)[0]
     mod, _ = frontend.load_relax(source.path)
     target = profile.tvm_target()
-    db_path = Path(request.build.tuning_log or pipeline.TUNING_ROOT / profile.name)
+    db_path = Path(request.build.tuning_log or TUNING_ROOT / profile.name)
     db_path.mkdir(parents=True, exist_ok=True)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()

@@ -5,6 +5,7 @@ A TVM RPC server runs whatever code it is sent, so everything started here binds
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -64,7 +65,7 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
                 # TCP simultaneous open: polling a closed local port can connect the socket to itself
                 if sock.getsockname() != sock.getpeername():
                     return
-                raise ConnectionRefusedError(111, "Connection refused")
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
         except OSError as err:
             if time.monotonic() >= deadline:
                 raise UserError(f"Nothing answers at {host}:{port} ({err.strerror or err}) after "

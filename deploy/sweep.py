@@ -12,6 +12,7 @@ from pathlib import Path
 from compile import pipeline
 from compile.artifact import LIBRARY, read_manifest
 from compile.errors import UserError
+from compile.paths import DEFAULT_OUT
 from compile.frontend import TensorInfo
 from compile.images import model_inputs
 from compile.variants import Variant, official_variants
@@ -34,7 +35,7 @@ class SweepConfig:
     key_wait: float = 10.0  # bounded wait for the tracker to offer the key
     verify_inputs: int = 1
     out: Path = Path("results")
-    dist: Path = pipeline.DEFAULT_OUT
+    dist: Path = DEFAULT_OUT
     tuning_log: Path | None = None
     device_label: str = ""
     emulated: bool = False

@@ -21,11 +21,17 @@ def small_model(tmp_path_factory):
     return path
 
 
-def test_tasks_are_classified_by_shape(small_model):
-    mod, _ = load_relax(small_model)
+def _weights_by_kind(model) -> dict[str, int]:
+    """How many conv/other calls of each kind the model makes (task weights summed by kind)."""
+    mod, _ = load_relax(model)
     weights: dict[str, int] = {}
     for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target()):
         weights[kind] = weights.get(kind, 0) + task.weight
+    return weights
+
+
+def test_tasks_are_classified_by_shape(small_model):
+    weights = _weights_by_kind(small_model)
     # 17 depthwise convs; 16 expansions + 17 projections + the last 1x1; the stem; mean, dense, softmax.
     assert weights == {"depthwise": 17, "pointwise": 34, "stem": 1, "other": 3}
 
@@ -93,8 +99,5 @@ def test_int8_tasks_keep_their_conv_kinds(tmp_path):
     """Quantize/dequantize fusions must not hide a conv, and a lone dequantize is not a conv."""
     path = tmp_path / "int8.tflite"
     write_variant(Variant(0.35, 96), "int8", path)
-    mod, _ = load_relax(path)
-    weights: dict[str, int] = {}
-    for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target()):
-        weights[kind] = weights.get(kind, 0) + task.weight
+    weights = _weights_by_kind(path)
     assert weights["depthwise"] == 17 and weights["stem"] == 1 and weights["pointwise"] == 34
