@@ -118,6 +118,7 @@ def verify(target: str, out_dirs: list[Path]) -> int:
     from compile.errors import UserError
     from deploy.check import check_artifact
     from deploy.session import LocalSession
+    from deploy.verify import summarize
 
     if target != "host":
         raise UserError("--verify runs the model on this machine, so it needs --target host; "
@@ -126,9 +127,8 @@ def verify(target: str, out_dirs: list[Path]) -> int:
     with LocalSession() as session:
         for out_dir in out_dirs:
             result = check_artifact(out_dir, session)
-            worst = max(c.relative_error for c in result.checks)
-            print(f"[verify] {out_dir}: {'OK' if result.ok else 'MISMATCH'} against LiteRT "
-                  f"(worst relative error {worst:.1e})" + ("" if result.ok else ": " + "; ".join(result.problems)))
+            print(f"[verify] {out_dir}: {'OK' if result.ok else 'MISMATCH'}: {summarize(result.checks)}"
+                  + ("" if result.ok else "; " + "; ".join(result.problems)))
             failed += not result.ok
     return 1 if failed else 0
 

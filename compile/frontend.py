@@ -62,6 +62,11 @@ def _fail(path: str, problem: str) -> UserError:
     )
 
 
+def tensor_dtype(tensor: tflite.Tensor) -> str:
+    """The tensor's element type as a NumPy-style name (float32, int8, ...)."""
+    return _TYPE_NAMES.get(tensor.Type(), str(tensor.Type()))
+
+
 def op_name(model: tflite.Model, op: tflite.Operator) -> str:
     code = model.OperatorCodes(op.OpcodeIndex())
     # Codes above 127 live in builtin_code; older files only fill the deprecated int8 field.
@@ -159,7 +164,7 @@ def _tensor_info(subgraph: tflite.SubGraph, index: int) -> TensorInfo:
     return TensorInfo(
         name=tensor.Name().decode(),
         shape=tensor.ShapeAsNumpy().tolist() if tensor.ShapeLength() else [],
-        dtype=_TYPE_NAMES.get(tensor.Type(), str(tensor.Type())),
+        dtype=tensor_dtype(tensor),
         scale=[float(s) for s in scale],
         zero_point=[int(z) for z in zero],
     )

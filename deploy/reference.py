@@ -1,10 +1,29 @@
-"""LiteRT (the TFLite runtime) as the numerical reference and the speed baseline."""
+"""The references a device's outputs are checked against, all computed on the host.
+
+- LiteRT (the TFLite runtime, XNNPACK: its default CPU path): the runtime users compare with, and
+  the speed baseline.
+- A float64 forward pass of the same file (compile/float64_reference.py): the exact answer, so each
+  runtime's own float32 error can be measured (float outputs).
+- TFLite's plain reference kernels: with XNNPACK, how far LiteRT's own two paths disagree on an
+  integer output. They abort the whole process (SIGABRT) on some quantized files (every int8
+  MobileNetV2 made by TensorFlow's converter), so they run in a child process; where they crash,
+  the check goes on without them and says so.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from compile.float64_reference import Float64Model, NoReference
+
+# Bound on the reference kernels' child process (start-up included) for all input sets of a model.
+PLAIN_KERNELS_TIMEOUT_S = 600
 
 
 class LiteRTModel:
@@ -36,15 +55,58 @@ class LiteRTModel:
         return self.outputs()
 
 
-def reference_outputs(model_path: str | Path, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-    """LiteRT's outputs, and per output how far LiteRT's two kernel paths disagree (integer
-    outputs only; 0 for float ones, whose tolerance is relative)."""
-    outputs = LiteRTModel(model_path).run(inputs)
-    spread = [0.0] * len(outputs)
-    if any(np.issubdtype(o.dtype, np.integer) for o in outputs):
-        plain = LiteRTModel(model_path, reference_kernels=True).run(inputs)
-        spread = [
-            float(np.abs(a.astype(np.int64) - b.astype(np.int64)).max()) if np.issubdtype(a.dtype, np.integer) else 0.0
-            for a, b in zip(outputs, plain)
-        ]
-    return outputs, spread
+@dataclass
+class Reference:
+    """What one input set's device outputs are checked against, output by output."""
+
+    litert: list[np.ndarray]
+    exact: list[np.ndarray | None]  # float64 pass, for float outputs where the file allows it
+    spread: list[float]  # integer outputs: steps between LiteRT's XNNPACK and reference kernels
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+
+
+def _plain_kernel_outputs(model_path: str, input_sets) -> list[list[np.ndarray]]:
+    model = LiteRTModel(model_path, reference_kernels=True)
+    return [model.run(values) for values in input_sets]
+
+
+def plain_kernel_outputs(model_path: str | Path, input_sets, worker=_plain_kernel_outputs) -> tuple[list | None, str]:
+    """TFLite's reference kernels on every input set, in a child process: (outputs, "") or
+    (None, why) when they crash or hang. `worker` runs in the child (tests give one that crashes)."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(worker, str(model_path), input_sets).result(PLAIN_KERNELS_TIMEOUT_S), ""
+    except BrokenProcessPool:
+        return None, "TFLite's reference kernels crashed on this file (a LiteRT fault); checked against XNNPACK alone"
+    except TimeoutError:
+        return None, f"TFLite's reference kernels took over {PLAIN_KERNELS_TIMEOUT_S} s; checked against XNNPACK alone"
+
+
+def reference_outputs(model_path: str | Path, input_sets) -> list[Reference]:
+    """One Reference per input set (a list of input arrays)."""
+    litert = LiteRTModel(model_path)
+    litert_outputs = [litert.run(values) for values in input_sets]
+    notes = []
+    float_outputs = [not np.issubdtype(o.dtype, np.integer) for o in litert_outputs[0]] if litert_outputs else []
+    exact_sets = [[None] * len(float_outputs) for _ in input_sets]
+    if any(float_outputs):
+        try:
+            exact_model = Float64Model(model_path)
+            exact_sets = [[e if is_float else None for e, is_float in zip(exact_model.run(values), float_outputs)]
+                          for values in input_sets]
+        except NoReference as err:
+            notes.append(f"no float64 reference (it does not define {err}); checked against LiteRT alone")
+    plain_sets = None
+    if not all(float_outputs):
+        plain_sets, why = plain_kernel_outputs(model_path, input_sets)
+        if why:
+            notes.append(why)
+    references = []
+    for i, outputs in enumerate(litert_outputs):
+        spread = [0.0] * len(outputs)
+        if plain_sets is not None:
+            spread = [float(np.abs(a.astype(np.int64) - b.astype(np.int64)).max()) if not is_float else 0.0
+                      for a, b, is_float in zip(outputs, plain_sets[i], float_outputs)]
+        references.append(Reference(outputs, exact_sets[i], spread, list(notes)))
+    return references

@@ -31,8 +31,9 @@ def test_generated_variant_matches_litert(width, res, dtype, work):
     assert len(result.checks) == 6
     assert result.ok, result.problems
     for check in result.checks:
-        if dtype == "float32":
-            assert check.relative_error <= 1e-5 and check.top1_device == check.top1_reference
+        if dtype == "float32":  # held to the float64 result, at most FLOAT_ERROR_FACTOR x LiteRT's error
+            assert check.error_vs_exact is not None and check.error_vs_exact <= check.allowed
+            assert check.top1_device == check.top1_reference
 
 
 REAL_MODELS = {
