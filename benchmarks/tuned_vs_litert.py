@@ -2,7 +2,8 @@
 
     python benchmarks/tuned_vs_litert.py [--variants 1.0/224,0.35/96] [--dtypes float32,int8] [--runs 30]
 
-LiteRT runs XNNPACK with as many threads as TVM's thread pool (this machine's cores). Medians of
+TVM's runtime and LiteRT (XNNPACK) run the same number of threads, --threads (default: this
+machine's cores), set and read back for TVM: left alone, TVM runs half the cores on x86. Medians of
 --runs single inferences each, taken in turns (a warm-up, then back-to-back inferences of one
 runtime, then the next) so that load from other tenants of this shared machine hits them alike.
 Prints the ratios: compare ratios from one run, not absolute numbers across runs.
@@ -104,8 +105,11 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,int8")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "bench")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    threads = os.cpu_count()
+    threads = LocalSession().set_threads(args.threads)
+    if threads != args.threads:
+        sys.exit(f"error: TVM's runtime runs {threads} threads, not the {args.threads} asked for.")
     database = TUNING_ROOT / "host"
     rows = []
     for spec in args.variants.split(","):
@@ -130,7 +134,8 @@ def main() -> int:
             rows.append((f"{width}/{res}", dtype, untuned, tuned, litert, tuning_info.get("tuned_tasks"),
                          tuning_info.get("tasks"), estimated_breakdown(tasks, database),
                          measured_breakdown(out_dir, inputs, kinds, args.runs)))
-    print(f"\nThis machine: {load_profile('host').target['mcpu']}, {threads} threads for TVM and LiteRT; "
+    print(f"\nThis machine: {load_profile('host').target['mcpu']}, {threads} threads for TVM (set and read "
+          f"back from its runtime) and for LiteRT; "
           f"medians of {args.runs} runs\n")
     print("| variant | dtype | TVM untuned ms | TVM tuned ms | LiteRT ms | tuned / LiteRT | untuned / tuned | tuned tasks |")
     print("|---|---|---|---|---|---|---|---|")

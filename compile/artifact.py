@@ -78,6 +78,15 @@ def kernel_names(source: str) -> list[str]:
     return re.findall(r"^// Function: (\w+)", source, flags=re.MULTILINE)
 
 
+def tuning_line(tuning, profile: Profile) -> str:
+    """What the build's kernels got, in one line: never untuned code in silence."""
+    if tuning is None:
+        return (f"none: no tuning database applied for {profile.name}, so every kernel is untuned (on x86 "
+                f"10-30x slower than tuned code). Tune with `python compile/tune.py --target {profile.name}`.")
+    summary = tuning.summary()
+    return f"{summary.get('tuned_tasks')}/{summary.get('tasks')} tasks from the database {tuning.path}"
+
+
 def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print) -> dict:
     """Build source for profile into out_dir; return (and write) the manifest."""
     import tvm
@@ -89,6 +98,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     fcompile = toolchain.fcompile_for(profile)  # fail on a missing toolchain before compiling
     progress(f"[compile] {source.name} for {profile.name} ({profile.tvm_target().kind.name})")
     executable = compile_relax(mod, profile, tuning)
+    progress(f"[tuning] {tuning_line(tuning, profile)}")
     kernels = None
     if profile.is_gpu:
         kernels = opencl_source(executable)

@@ -144,7 +144,8 @@ def activation_ranges(variant: Variant, weights: dict) -> dict[str, tuple[float,
     """Min and max of every activation over representative inputs at the variant's resolution."""
     images = synthetic_images(REPRESENTATIVE_IMAGES, variant.resolution, seed=2000 + GENERATOR_SEED)
     tensors = float_forward.run(variant.layers, weights, images)
-    return {name: (float(t.min()), float(t.max())) for name, t in tensors.items()}
+    return {name: (float(float_forward.stable(t.min())), float(float_forward.stable(t.max())))
+            for name, t in tensors.items()}
 
 
 def variant_tflite(variant: Variant, dtype: str = "float32", outputs: tuple[str, ...] = ("probabilities",)) -> bytes:

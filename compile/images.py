@@ -9,18 +9,23 @@ import numpy as np
 from compile.errors import UserError
 
 
+IMAGE_GRID = 2.0**12
+
+
 def synthetic_images(count: int, resolution: int, seed: int = 0) -> np.ndarray:
     """[count, res, res, 3] float32 in [-1, 1]: gratings, blobs and colour ramps that differ per image.
 
     Structured rather than white noise, so a network sees edges, textures and colour, and different
     images give different activations (they serve as calibration data and as test inputs).
+    Made in float64 and rounded to a grid of 2^-12: sin, exp and tanh differ in the last bits between
+    NumPy's SIMD paths (AVX2, AVX-512), and the images must be the same on every CPU.
     """
     rng = np.random.default_rng(seed)
-    axis = np.linspace(-1.0, 1.0, resolution, dtype=np.float32)
+    axis = np.linspace(-1.0, 1.0, resolution)
     yy, xx = np.meshgrid(axis, axis, indexing="ij")
     images = np.empty((count, resolution, resolution, 3), dtype=np.float32)
     for n in range(count):
-        img = np.zeros((resolution, resolution, 3), dtype=np.float32)
+        img = np.zeros((resolution, resolution, 3))
         for _ in range(3):  # oriented gratings with a colour each
             angle, freq, phase = rng.uniform(0, np.pi), rng.uniform(2, 12), rng.uniform(0, 2 * np.pi)
             wave = np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) * np.pi + phase)
@@ -30,7 +35,7 @@ def synthetic_images(count: int, resolution: int, seed: int = 0) -> np.ndarray:
             blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
             img += blob[..., None] * rng.uniform(-1, 1, 3)
         img += (xx[..., None] * rng.uniform(-0.5, 0.5, 3)) + rng.normal(0, 0.05, img.shape)
-        images[n] = np.tanh(img)
+        images[n] = np.round(np.tanh(img) * IMAGE_GRID) / IMAGE_GRID
     return images
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from compile import frontend, pipeline, tuning
 from compile.errors import UserError
 from compile.paths import CACHE_ROOT, TUNING_ROOT
+from compile.threads import profile_threads
 from targets.profiles import load_profile
 
 KINDS = ("depthwise", "pointwise", "stem", "other")
@@ -60,6 +61,9 @@ def _runner(request: TuneRequest, profile):
     if request.rpc_tracker is None:
         if profile.machine != os.uname().machine:
             raise UserError(f"Tuning for {profile.name} measures on the board: give --rpc-tracker and --rpc-key.")
+        # The runner's worker processes inherit this: candidates run on the threads the model will
+        # (TVM's own default on x86 is half the cores; tuning_logs/host before this was made on 1).
+        os.environ["TVM_NUM_THREADS"] = str(profile_threads(profile) or os.cpu_count())
         return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
     host, port = request.rpc_tracker
     from deploy.loopback import wait_for_key
@@ -69,7 +73,8 @@ def _runner(request: TuneRequest, profile):
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=request.session_timeout)
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
-                               f_alloc_argument=tuning.host_filled_arguments)
+                               f_alloc_argument=functools.partial(tuning.host_filled_arguments,
+                                                                  threads=profile_threads(profile)))
 
 
 def _builder(request: TuneRequest, profile):

@@ -195,12 +195,16 @@ def repair_database(path: Path) -> int:
     return dropped
 
 
-def host_filled_arguments(session, device, args_info, alloc_repeat: int) -> list:
+def host_filled_arguments(session, device, args_info, alloc_repeat: int, threads: int | None = None) -> list:
     """Measurement inputs filled on the host and copied to the board. MetaSchedule's default asks the
     board for `tvm.contrib.random`, which runtime-only TVM builds (the aarch64 wheel's runtime,
-    most board builds) do not have."""
+    most board builds) do not have. Also sizes the board's thread pool to `threads` for the run."""
     import numpy as np
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    from compile.threads import configure_threads
+
+    configure_threads(session.get_function, threads)
 
     rng = np.random.default_rng(0)
 

@@ -53,7 +53,8 @@ def generate_weights(width: float, num_classes: int, seed: int = 0) -> dict[str,
     """{layer name: (weight, bias)} in TFLite layouts, float32, batch norm folded."""
     layers = build_layers(width, CALIBRATION_RESOLUTION, num_classes)
     rng = np.random.default_rng([seed, round(width * 1000), num_classes])
-    tensors = {"input": synthetic_images(CALIBRATION_IMAGES, CALIBRATION_RESOLUTION, seed=1000 + seed)}
+    images = synthetic_images(CALIBRATION_IMAGES, CALIBRATION_RESOLUTION, seed=1000 + seed)
+    tensors = {"input": images.astype(np.float64)}
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     residual_branches = {layer.inputs[1] for layer in layers if layer.op == "add"}
     for layer in layers:
@@ -62,13 +63,14 @@ def generate_weights(width: float, num_classes: int, seed: int = 0) -> dict[str,
             shape = _weight_shape(layer)
             fan_in = int(np.prod(shape)) // layer.out_channels
             weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
-            raw = float_forward.pre_activation(layer, inputs[0], weight, np.zeros(layer.out_channels, np.float32))
+            raw = float_forward.pre_activation(layer, inputs[0], weight, np.zeros(layer.out_channels))
             reduce_axes = tuple(range(raw.ndim - 1))
             # One scale per layer, a shift per channel: channels keep their relative spread, as in a
             # trained net. Per-channel scaling would blow up near-constant channels, and with them
             # every rounding difference (float or int8) on the way to the output.
-            mean = raw.mean(axis=reduce_axes)
-            std = (raw - mean).std() + 1e-6
+            # Statistics rounded by `stable`: the same weights on every CPU (see float_forward).
+            mean = float_forward.stable(raw.mean(axis=reduce_axes))
+            std = float_forward.stable((raw - mean).std() + 1e-6)
             gamma, beta = _target_stats(layer, layer.name in residual_branches, rng)
             scale = np.full(layer.out_channels, gamma / std)
             broadcast = [1] * len(shape)
@@ -77,5 +79,5 @@ def generate_weights(width: float, num_classes: int, seed: int = 0) -> dict[str,
                 (weight * scale.reshape(broadcast)).astype(np.float32),
                 (beta - mean * scale).astype(np.float32),
             )
-        tensors[layer.name] = float_forward.apply_layer(layer, inputs, weights).astype(np.float32)
+        tensors[layer.name] = float_forward.apply_layer(layer, inputs, weights)
     return weights

@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     timing.add_argument("--min-repeat-ms", type=int, default=0, help="grow --number until a repeat lasts this long")
     timing.add_argument("--cooldown", type=int, default=0, help="ms to rest between repeats")
     timing.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    timing.add_argument("--threads", type=int, help="threads of TVM's runtime on the device (default: the "
+                        "profile's num-cores; this machine's cores for host). Set on the device over RPC")
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
     p.add_argument("--timeout", type=float, default=300, help="seconds per variant on the device (default 300)")
     p.add_argument("--key-wait", type=float, default=10, help="seconds to wait for the key at the tracker")
@@ -109,15 +111,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from deploy.measure import TimingSettings
     from deploy.sweep import SweepConfig, run_sweep
+    from compile.threads import profile_threads
     from targets.profiles import load_profile
 
-    load_profile(args.target)  # unknown targets fail before anything starts
+    profile = load_profile(args.target)  # unknown targets fail before anything starts
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads takes a whole number of at least 1, not {args.threads}.")
+    # Emulated timings mean nothing, so the emulated board keeps its runtime's default.
+    threads = args.threads or (None if args.emulated_board else profile_threads(profile))
     with contextlib.ExitStack() as stack:
         endpoint, label = endpoint_for(args, stack)
         config = SweepConfig(
             target=args.target, endpoint=endpoint, widths=args.widths, resolutions=args.resolutions,
             dtypes=[d for d in args.dtype.split(",") if d], all_official=args.all_official,
-            timing=TimingSettings(args.number, args.repeat, args.min_repeat_ms, args.cooldown, args.warmup),
+            timing=TimingSettings(args.number, args.repeat, args.min_repeat_ms, args.cooldown, args.warmup, threads),
             timeout=args.timeout, key_wait=args.key_wait, verify_inputs=args.verify_inputs,
             out=args.out or Path("results") / args.target, tuning_log=args.tuning_log,
             device_label=label, emulated=args.emulated_board,

@@ -21,6 +21,7 @@ class TimingSettings:
     min_repeat_ms: int = 0  # grow `number` until one repeat lasts this long
     cooldown_ms: int = 0  # pause between repeats (thermal throttling on phones)
     warmup: int = 1  # untimed runs before timing (the first one is reported)
+    threads: int | None = None  # the runtime's thread pool on the device (None: TVM's default)
 
 
 class DeviceError(Exception):
@@ -32,6 +33,7 @@ def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, setti
     from deploy.session import LocalSession
 
     session = LocalSession() if endpoint is None else endpoint.open()
+    threads = session.set_threads(settings.threads)
     started = time.perf_counter()
     module = session.load(library, remote_name)
     device = session.device(kind)
@@ -51,7 +53,8 @@ def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, setti
                                   min_repeat_ms=settings.min_repeat_ms, cooldown_interval_ms=settings.cooldown_ms)
         samples = list(timer("main").results)
     session.close()
-    return {"outputs": outputs, "load_seconds": load_seconds, "warmup_ms": warmup_ms, "samples": samples}
+    return {"outputs": outputs, "load_seconds": load_seconds, "warmup_ms": warmup_ms, "samples": samples,
+            "threads": threads}
 
 
 def _worker(connection, *args) -> None:
@@ -67,7 +70,8 @@ def _worker(connection, *args) -> None:
 
 def run_on_device(endpoint, library: Path, remote_name: str, kind: str, input_sets, settings: TimingSettings,
                   timeout: float) -> dict:
-    """outputs per input set, load_seconds, warmup_ms and timing samples (seconds per run)."""
+    """outputs per input set, load_seconds, warmup_ms, timing samples (seconds per run) and the
+    threads the device's runtime ran."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_worker, args=(sender, endpoint, str(library), remote_name, kind,

@@ -9,7 +9,7 @@ from deploy.results import BenchmarkResult
 
 CSV_FIELDS = ["name", "target", "device", "width", "resolution", "dtype", "status", "macs", "params",
               "mean_ms", "median_ms", "p90_ms", "std_ms", "min_ms", "max_ms", "runs", "gmacs_per_second",
-              "warmup_ms", "load_seconds", "model_size_bytes", "library_size_bytes", "emulated", "error"]
+              "threads", "warmup_ms", "load_seconds", "model_size_bytes", "library_size_bytes", "emulated", "error"]
 
 
 def _row(result: BenchmarkResult) -> dict:
@@ -34,7 +34,9 @@ def markdown(results: list[BenchmarkResult]) -> str:
     lines = []
     emulated = any(r.emulated for r in results)
     targets = sorted({f"{r.target} ({r.device})" for r in results})
-    lines.append(f"Median latency (ms) on {', '.join(targets)}.")
+    threads = sorted({r.threads for r in results if r.threads})
+    lines.append(f"Median latency (ms) on {', '.join(targets)}"
+                 + (f", TVM runtime on {'/'.join(map(str, threads))} thread(s)." if threads else "."))
     if emulated:
         lines.append("EMULATED under qemu-user: these timings are NOT device latencies; they show only "
                      "that the code runs and is correct.")

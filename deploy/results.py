@@ -45,7 +45,8 @@ class BenchmarkResult:
     warmup_ms: float | None = None  # the first run
     latency: LatencyStats | None = None
     gmacs_per_second: float | None = None
-    timing: dict = field(default_factory=dict)  # number, repeat, min_repeat_ms, cooldown_ms
+    threads: int | None = None  # the device runtime's thread pool while timed
+    timing: dict = field(default_factory=dict)  # number, repeat, min_repeat_ms, cooldown_ms, warmup, threads
     verification: list[dict] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)
     emulated: bool = False

@@ -30,6 +30,11 @@ class LocalSession:
 
         return tvm.device(kind, 0)
 
+    def set_threads(self, count: int | None) -> int:
+        from compile.threads import set_local_threads
+
+        return set_local_threads(count)
+
     def close(self) -> None:
         pass
 
@@ -84,6 +89,12 @@ class RemoteSession:
 
     def device(self, kind: str = "cpu"):
         return self.remote.device(kind, 0)
+
+    def set_threads(self, count: int | None) -> int:
+        """The board's runtime pool, whoever started its server (see compile/threads.py)."""
+        from compile.threads import configure_threads
+
+        return configure_threads(self.remote.get_function, count)
 
     def close(self) -> None:
         self.remote = None

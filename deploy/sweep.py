@@ -75,6 +75,7 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
     checks = compare_with_litert(out_dir / "model.tflite", names, input_sets, device["outputs"])
     result.verification = [c.to_dict() for c in checks]
     result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
+    result.threads = device["threads"]
     if device["samples"]:
         result.latency = results.LatencyStats.from_seconds(device["samples"])
         if result.macs:
@@ -119,6 +120,10 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             progress(f"{step}: running on {_device_label(config)}")
             result = measure_variant(config, out_dir)
             results.append(path, result)
+            asked = config.timing.threads
+            if asked and result.threads and result.threads < asked:
+                progress(f"{step}: the device's TVM runtime runs {result.threads} of the {asked} threads asked "
+                         f"for: its RPC server was started with a lower cap (start it with TVM_NUM_THREADS={asked})")
             if result.status == "ok" and result.latency:
                 lat = result.latency
                 progress(f"{step}: median {lat.median_ms:.2f} ms (p90 {lat.p90_ms:.2f}, {lat.runs} runs), "

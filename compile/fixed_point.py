@@ -1,0 +1,110 @@
+"""TFLite's integer arithmetic, as its reference kernels define it, for the integer int8 path.
+
+Two halves: the multipliers TFLite derives from the float scales when it prepares a model (computed
+here in NumPy with the same float and double steps, since one bit of a multiplier changes
+results), and the per-element arithmetic as Relax expressions (int64 where TFLite relies on 64-bit
+products): MultiplyByQuantizedMultiplier = SaturatingRoundingDoublingHighMul, then
+RoundingDivideByPOT, as in tensorflow/lite/kernels/internal/common.h.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
+
+
+def round_half_away(x: float) -> int:
+    """std::round: halves away from zero (NumPy's round goes to even)."""
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """QuantizeMultiplier: (q, shift) with real = q x 2^(shift - 31), q in [2^30, 2^31)."""
+    if real == 0.0:
+        return 0, 0
+    fraction, shift = math.frexp(real)
+    fixed = round_half_away(fraction * (1 << 31))
+    if fixed == 1 << 31:
+        fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return fixed, shift
+
+
+def quantize_value(value: float, scale: float, zero_point: int) -> int:
+    """zero_point + round(f / scale), f / scale in float32 as TFLite's activation ranges compute it."""
+    return zero_point + round_half_away(float(np.float32(value) / np.float32(scale)))
+
+
+def activation_range(code: int, scale: float, zero_point: int, dtype: str) -> tuple[int, int]:
+    """CalculateActivationRangeQuantized: the clamp a fused NONE/RELU/RELU_N1_TO_1/RELU6 gives."""
+    qmin, qmax = INT_RANGES[dtype]
+    if code == 1:  # RELU
+        return max(qmin, quantize_value(0.0, scale, zero_point)), qmax
+    if code == 2:  # RELU_N1_TO_1
+        return max(qmin, quantize_value(-1.0, scale, zero_point)), min(qmax, quantize_value(1.0, scale, zero_point))
+    if code == 3:  # RELU6
+        return max(qmin, quantize_value(0.0, scale, zero_point)), min(qmax, quantize_value(6.0, scale, zero_point))
+    if code == 0:
+        return qmin, qmax
+    raise ValueError(f"fused activation {code} has no integer form")
+
+
+# ----- Relax expressions ------------------------------------------------------------------------
+
+
+def _const(value, dtype: str = "int64"):
+    from tvm import relax
+
+    return relax.const(np.asarray(value, dtype=dtype))
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift):
+    """TFLite's MultiplyByQuantizedMultiplier on an int32/int64 Relax tensor, per channel (last axis)
+    when multiplier and shift are arrays. Returns int64 (holding int32 values)."""
+    from tvm import relax
+
+    op = relax.op
+    multiplier, shift = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    x = op.astype(x, "int64")
+    if left.any():
+        x = op.multiply(x, _const(np.left_shift(1, left)))
+    # SaturatingRoundingDoublingHighMul: (x * m + nudge) / 2^31, dividing toward zero. The saturating
+    # case (both INT32_MIN) cannot happen: multipliers are positive.
+    product = op.multiply(x, _const(multiplier))
+    zero = _const(0)
+    nudged = op.add(product, op.where(op.greater_equal(product, zero), _const(1 << 30), _const(1 - (1 << 30))))
+    toward_zero = op.where(op.less(nudged, zero), _const((1 << 31) - 1), zero)
+    high = op.right_shift(op.add(nudged, toward_zero), _const(31))
+    if not right.any():
+        return high
+    # RoundingDivideByPOT: shift right, rounding half away from zero.
+    mask = _const(np.left_shift(1, right) - 1)
+    remainder = op.bitwise_and(high, mask)
+    threshold = op.add(op.right_shift(mask, _const(1)), op.where(op.less(high, zero), _const(1), zero))
+    rounded_up = op.where(op.greater(remainder, threshold), _const(1), zero)
+    return op.add(op.right_shift(high, _const(right)), rounded_up)
+
+
+def clamp_cast(x, low: int, high: int, dtype: str, x_dtype: str = "int64"):
+    """Clamp an integer Relax tensor of x_dtype to [low, high] and cast it (the activation's clamp)."""
+    from tvm import relax
+
+    clamped = relax.op.minimum(relax.op.maximum(x, _const(low, x_dtype)), _const(high, x_dtype))
+    return relax.op.astype(clamped, dtype)
+
+
+def round_half_away_expr(x, dtype: str = "float32"):
+    """std::round on a float Relax tensor: exact (trunc, then the sign where |fraction| >= 0.5)."""
+    from tvm import relax
+
+    op = relax.op
+    whole = op.trunc(x)
+    half = relax.const(0.5, dtype)
+    return op.add(whole, op.where(op.greater_equal(op.abs(op.subtract(x, whole)), half), op.sign(x),
+                                  op.zeros_like(x)))
