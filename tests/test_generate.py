@@ -91,13 +91,17 @@ def test_files_run_in_litert_and_stay_alive(files):
         assert np.median(peaks) > 10 / len(probs.ravel()), (width, res, dtype, peaks)  # 10x uniform
 
 
-def test_int8_agrees_with_float_on_top1_mostly(files):
+def test_int8_follows_float_within_its_output_steps(files):
+    """The int8 file approximates the float one: for the median image, every probability within two
+    output steps (1/256 each). A wrong scale, zero point or layout moves them far more. (Top-1 is no
+    test here: the synthetic nets spread their softmax over 1000 classes, most top-2 margins are
+    below one int8 step, and LiteRT's own int8 and float top-1 agree on about half of the images.)"""
     float_model, int8_model = LiteRTModel(files[(1.0, 224, "float32")]), LiteRTModel(files[(1.0, 224, "int8")])
-    quant = describe(files[(1.0, 224, "int8")]).inputs[0]
-    images = synthetic_images(10, 224, seed=42)
-    agree = 0
-    for x in np.split(images, 10):
-        top_float = float_model.run([x])[0].argmax()
-        top_int8 = int8_model.run([quantize_input(x, quant.scale[0], quant.zero_point[0], "int8")])[0].argmax()
-        agree += int(top_float == top_int8)
-    assert agree >= 7, agree
+    info = describe(files[(1.0, 224, "int8")])
+    worst = []
+    for x in np.split(synthetic_images(10, 224, seed=42), 10):
+        p_float = float_model.run([x])[0].astype(np.float64)
+        q = int8_model.run([quantize_input(x, info.inputs[0].scale[0], info.inputs[0].zero_point[0], "int8")])[0]
+        p_int8 = (q.astype(np.float64) - info.outputs[0].zero_point[0]) * info.outputs[0].scale[0]
+        worst.append(np.abs(p_float - p_int8).max() / info.outputs[0].scale[0])
+    assert np.median(worst) <= 2.0, worst
