@@ -87,14 +87,18 @@ def tuning_line(tuning, profile: Profile) -> str:
     return f"{summary.get('tuned_tasks')}/{summary.get('tasks')} tasks from the database {tuning.path}"
 
 
-def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print) -> dict:
+def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print,
+                   int8_lowering: str = "integer") -> dict:
     """Build source for profile into out_dir; return (and write) the manifest."""
     import tvm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     progress(f"[import] {source.path}")
-    mod, info = frontend.load_relax(source.path)
+    mod, info = frontend.load_relax(source.path, int8_lowering)
+    if info.lowering != "float":
+        progress(f"[int8] {info.lowering} lowering" + (f": {info.lowering_note}" if info.lowering_note else
+                                                      " (integer kernels, bit-exact with TFLite's reference kernels)"))
     fcompile = toolchain.fcompile_for(profile)  # fail on a missing toolchain before compiling
     progress(f"[compile] {source.name} for {profile.name} ({profile.tvm_target().kind.name})")
     executable = compile_relax(mod, profile, tuning)
@@ -124,6 +128,9 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
             "sha256": info.sha256,
             "size_bytes": info.size_bytes,
             "ops": info.ops,
+            "int8_lowering": int8_lowering,  # what was asked
+            "lowering": info.lowering,  # what was done: float, integer or dequantize
+            "lowering_note": info.lowering_note,
             "variant": None if source.variant is None else {
                 "width": source.variant.width, "resolution": source.variant.resolution,
                 "dtype": source.dtype, "macs": source.variant.macs, "params": source.variant.params,

@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier, 0.35-1.4 (default 1.0)")
     parser.add_argument("--res", type=int, default=224, help="input resolution, 96-224 (default 224)")
     parser.add_argument("--dtype", default="float32", help="float32 or int8 (default float32)")
+    parser.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
+                        help="quantized models: integer kernels (default; bit-exact with TFLite's reference "
+                             "kernels) or float (TVM's dequantize -> float op -> quantize)")
     parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
     parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/)")
     parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (untuned build)")
@@ -100,6 +103,7 @@ def main(argv=None) -> int:
 
     request = pipeline.BuildRequest(
         target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
+        int8_lowering=args.int8_lowering,
         tuning_log=args.tuning_log, no_tuning=args.no_tuning, out=args.out or DEFAULT_OUT,
         all_variants=args.all_variants,
         force=args.force,

@@ -60,18 +60,27 @@ def activation_range(code: int, scale: float, zero_point: int, dtype: str) -> tu
 def _const(value, dtype: str = "int64"):
     from tvm import relax
 
-    return relax.const(np.asarray(value, dtype=dtype))
+    return relax.const(np.asarray(value, dtype=dtype), dtype)  # without dtype, int64 becomes int32
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift):
+def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding: bool = False):
     """TFLite's MultiplyByQuantizedMultiplier on an int32/int64 Relax tensor, per channel (last axis)
-    when multiplier and shift are arrays. Returns int64 (holding int32 values)."""
+    when multiplier and shift are arrays. Returns int64 (holding int32 values).
+
+    Two roundings by default, as TFLite's reference conv, depthwise, add and mean kernels do:
+    SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT. With single_rounding, one:
+    (x * m + 2^(30 - shift)) >> (31 - shift), as LiteRT's reference FULLY_CONNECTED does (measured:
+    the two differ on values within a hair of a half step)."""
     from tvm import relax
 
     op = relax.op
     multiplier, shift = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     x = op.astype(x, "int64")
+    if single_rounding:
+        total_shift = 31 - shift
+        product = op.multiply(x, _const(multiplier))
+        return op.right_shift(op.add(product, _const(np.left_shift(1, total_shift - 1))), _const(total_shift))
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     if left.any():
         x = op.multiply(x, _const(np.left_shift(1, left)))
     # SaturatingRoundingDoublingHighMul: (x * m + nudge) / 2^31, dividing toward zero. The saturating

@@ -7,6 +7,7 @@ corrupt, truncated or foreign file gets a clear message instead of a crash deep 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class ModelInfo:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     description: str = ""
+    # How load_relax converted it: "float" (a float model), "integer" (quantized, integer kernels:
+    # compile/integer_frontend.py) or "dequantize" (quantized, TVM's dequantize -> float -> quantize).
+    lowering: str = ""
+    lowering_note: str = ""  # why a quantized file took the dequantize path
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,13 +210,34 @@ def unsupported_ops(model: tflite.Model) -> list[str]:
     return sorted(name for name in names if name.split("(")[0] not in converter.convert_map)
 
 
-def load_relax(path: str | Path):
-    """(Relax IRModule, ModelInfo) for a .tflite file; UserError for anything TVM cannot take."""
+INT8_LOWERINGS = ("integer", "float")
+
+
+def load_relax(path: str | Path, int8_lowering: str = "integer"):
+    """(Relax IRModule, ModelInfo) for a .tflite file; UserError for anything TVM cannot take.
+
+    Quantized files take the integer path (`int8_lowering="integer"`, bit-exact with TFLite's
+    reference kernels) when it covers all they use; otherwise, or with "float", TVM's own converter,
+    which computes them in float between dequantize and quantize. info.lowering says which."""
     import tvm
     from tvm.relax.frontend.tflite import from_tflite
 
+    from compile import integer_frontend
+
+    if int8_lowering not in INT8_LOWERINGS:
+        raise UserError(f"Unknown int8 lowering {int8_lowering!r}: use {' or '.join(INT8_LOWERINGS)}.")
     model, data = read_model(path)
     info = _describe(str(path), model, data)
+    quantized = integer_frontend.is_quantized(model)
+    if quantized and int8_lowering == "integer":
+        problems = integer_frontend.unsupported(model)
+        if not problems:
+            info.lowering = "integer"
+            return integer_frontend.from_quantized_tflite(model), info
+        info.lowering_note = ("the integer int8 path does not cover " + ", ".join(problems)
+                              + "; it runs in float between dequantize and quantize (slower, not bit-exact)")
+        warnings.warn(f"{path}: {info.lowering_note}.", stacklevel=2)
+    info.lowering = "dequantize" if quantized else "float"
     missing = unsupported_ops(model)
     if missing:
         raise UserError(

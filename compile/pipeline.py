@@ -22,6 +22,7 @@ class BuildRequest:
     width: float = 1.0
     resolution: int = 224
     dtype: str = "float32"
+    int8_lowering: str = "integer"  # quantized files: integer kernels, or "float" (TVM's dequantize path)
     model: Path | None = None  # any .tflite instead of a generated variant
     tuning_log: Path | None = None  # default: tuning_logs/<target>/ when it exists
     no_tuning: bool = False  # build untuned even when a database exists
@@ -69,7 +70,7 @@ def tuning_for(request: BuildRequest, profile: Profile):
     return tuning.TuningDatabase(path) if tuning.has_database(path) else None
 
 
-def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, tuning) -> bool:
+def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, tuning, lowering: str) -> bool:
     try:
         manifest = artifact.read_manifest(out_dir)
     except (OSError, json.JSONDecodeError):
@@ -79,6 +80,7 @@ def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, t
         and manifest["model"]["sha256"] == artifact.sha256_file(source.path)
         and manifest["target"]["tvm"] == str(profile.tvm_target())
         and manifest["tuning"].get("fingerprint") == (tuning.fingerprint() if tuning else None)
+        and manifest["model"].get("int8_lowering") == lowering
     )
 
 
@@ -91,11 +93,12 @@ def build(request: BuildRequest, progress=print) -> list[dict]:
     for index, source in enumerate(todo, 1):
         out_dir = artifact_dir(request.out, profile, source)
         prefix = f"({index}/{len(todo)}) " if len(todo) > 1 else ""
-        if not request.force and _up_to_date(out_dir, source, profile, tuning):
+        if not request.force and _up_to_date(out_dir, source, profile, tuning, request.int8_lowering):
             progress(f"{prefix}[skip] {out_dir} is up to date")
             manifests.append(artifact.read_manifest(out_dir))
             continue
         manifests.append(
-            artifact.build_artifact(source, profile, out_dir, tuning, progress=lambda m: progress(prefix + m))
+            artifact.build_artifact(source, profile, out_dir, tuning, progress=lambda m: progress(prefix + m),
+                                    int8_lowering=request.int8_lowering)
         )
     return manifests

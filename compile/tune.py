@@ -25,6 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
+                   help="quantized models: integer kernels (default) or float (TVM's dequantize path)")
     p.add_argument("--model", type=Path, help="tune this .tflite file instead of a generated variant")
     p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32)")
     p.add_argument("--minutes", type=float, help="start no new task after this many minutes")
@@ -40,11 +42,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from compile.pipeline import BuildRequest
     from compile.tune_job import KINDS, TuneRequest, tune
-    from deploy.session import parse_host_port
+    from compile.cli_common import parse_host_port
 
     request = TuneRequest(
         BuildRequest(target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
-                     tuning_log=args.tuning_log),
+                     tuning_log=args.tuning_log, int8_lowering=args.int8_lowering),
         trials=args.trials, minutes=args.minutes,
         kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
         rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,

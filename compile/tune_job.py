@@ -100,7 +100,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     if request.trials < 1:
         raise UserError("--trials must be at least 1.")
     source = pipeline.sources(request.build)[0]
-    mod, _ = frontend.load_relax(source.path)
+    mod, _ = frontend.load_relax(source.path, request.build.int8_lowering)
     target = profile.tvm_target()
     db_path = Path(request.build.tuning_log or TUNING_ROOT / profile.name)
     db_path.mkdir(parents=True, exist_ok=True)

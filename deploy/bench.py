@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def endpoint_for(args, stack: contextlib.ExitStack):
     """The Endpoint to run on (None: this machine) and a label for the report."""
     from deploy import emulated_board, ssh_tunnel
-    from deploy.session import Endpoint, parse_host_port
+    from compile.cli_common import parse_host_port
+    from deploy.session import Endpoint
     from targets.profiles import load_profile
 
     chosen = [flag for flag in ("rpc_tracker", "rpc_host", "ssh", "emulated_board") if getattr(args, flag)]

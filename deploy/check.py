@@ -29,10 +29,18 @@ class ArtifactCheck:
         return [f"{c.name}: {c.problem}" for c in self.checks if not c.ok]
 
 
-def compare_with_litert(model: Path, output_names: list[str], input_sets, device_outputs) -> list[OutputCheck]:
-    """Check the device's outputs for each input set against LiteRT's on this host."""
+def compare_with_litert(model: Path, output_names: list[str], input_sets, device_outputs,
+                        lowering: str = "") -> list[OutputCheck]:
+    """Check the device's outputs for each input set against the references on this host.
+    lowering: the manifest's; "integer" holds integer outputs to TFLite's reference kernels."""
+    tolerance = None
+    if lowering == "integer":
+        from compile.frontend import read_model
+        from compile.integer_frontend import output_tolerances
+
+        tolerance = output_tolerances(read_model(model)[0])
     checks = []
-    for reference, got in zip(reference_outputs(model, input_sets), device_outputs):
+    for reference, got in zip(reference_outputs(model, input_sets, tolerance), device_outputs):
         checks += check_outputs(output_names, reference, got)
     return checks
 
@@ -50,4 +58,5 @@ def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=Non
     vm = runner.load_vm(session.load(out_dir / LIBRARY, f"{manifest['name']}.so"), device)
     input_sets = inputs if inputs is not None else [model_inputs(input_infos, s) for s in seeds]
     outputs = [runner.run(vm, device, values) for values in input_sets]
-    return ArtifactCheck(str(out_dir), compare_with_litert(out_dir / "model.tflite", output_names, input_sets, outputs))
+    return ArtifactCheck(str(out_dir), compare_with_litert(out_dir / "model.tflite", output_names, input_sets, outputs,
+                                                           manifest["model"].get("lowering", "")))

@@ -63,6 +63,8 @@ class Reference:
     exact: list[np.ndarray | None]  # float64 pass, for float outputs where the file allows it
     spread: list[float]  # integer outputs: steps between LiteRT's XNNPACK and reference kernels
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+    plain: list[np.ndarray] | None = None  # TFLite's reference kernels' outputs, where they ran
+    plain_tolerance: list[int] | None = None  # integer-lowered artifacts: LSB allowed against `plain`
 
 
 def _plain_kernel_outputs(model_path: str, input_sets) -> list[list[np.ndarray]]:
@@ -83,8 +85,10 @@ def plain_kernel_outputs(model_path: str | Path, input_sets, worker=_plain_kerne
         return None, f"TFLite's reference kernels took over {PLAIN_KERNELS_TIMEOUT_S} s; checked against XNNPACK alone"
 
 
-def reference_outputs(model_path: str | Path, input_sets) -> list[Reference]:
-    """One Reference per input set (a list of input arrays)."""
+def reference_outputs(model_path: str | Path, input_sets, plain_tolerance: list[int] | None = None) -> list[Reference]:
+    """One Reference per input set (a list of input arrays). `plain_tolerance` (per output, in LSB):
+    the artifact follows TFLite's reference kernels (the integer int8 path), so its integer outputs
+    are held to them within these steps instead of to LiteRT's spread."""
     litert = LiteRTModel(model_path)
     litert_outputs = [litert.run(values) for values in input_sets]
     notes = []
@@ -108,5 +112,7 @@ def reference_outputs(model_path: str | Path, input_sets) -> list[Reference]:
         if plain_sets is not None:
             spread = [float(np.abs(a.astype(np.int64) - b.astype(np.int64)).max()) if not is_float else 0.0
                       for a, b, is_float in zip(outputs, plain_sets[i], float_outputs)]
-        references.append(Reference(outputs, exact_sets[i], spread, list(notes)))
+        plain = None if plain_sets is None else plain_sets[i]
+        references.append(Reference(outputs, exact_sets[i], spread, list(notes), plain,
+                                    plain_tolerance if plain is not None else None))
     return references

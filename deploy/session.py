@@ -45,13 +45,6 @@ class LocalSession:
         self.close()
 
 
-def parse_host_port(text: str, flag: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"{flag} takes host:port (for example 127.0.0.1:9190), not {text!r}.")
-    return host, int(port)
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """A remote RPC server: through a tracker (key) or at a direct address."""

@@ -72,7 +72,8 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
         result.error = str(err)
         return result
     names = [t["name"] for t in manifest["outputs"]]
-    checks = compare_with_litert(out_dir / "model.tflite", names, input_sets, device["outputs"])
+    checks = compare_with_litert(out_dir / "model.tflite", names, input_sets, device["outputs"],
+                                 manifest["model"].get("lowering", ""))
     result.verification = [c.to_dict() for c in checks]
     result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
     result.threads = device["threads"]

@@ -12,7 +12,12 @@ moves outputs by 1e-3 of their range or more; rounding moves them by about 1e-6.
 Float outputs of a file the float64 pass does not cover: within NO_EXACT_TOLERANCE of LiteRT,
 relative, and the same ranks where not a near tie.
 
-Quantized outputs: within 1 LSB where LiteRT's own two kernel paths (XNNPACK and the plain
+Quantized outputs of the integer int8 path (compile/integer_frontend.py), which follows TFLite's
+reference kernels: 0 LSB from those kernels where only conv, depthwise, fully connected, add and
+(re)quantize lead to the output, 1 LSB after a MEAN or SOFTMAX (TFLite's own kernels differ there).
+Where the reference kernels cannot run (they abort on some files), the rule below applies.
+
+Other quantized outputs (TVM's dequantize path): within 1 LSB where LiteRT's own two kernel paths (XNNPACK and the plain
 reference kernels) agree on this input; where they already disagree by `spread` steps, within
 1 + 2 x spread. A rounding step taken differently early in a deep int8 net spreads through it, in
 LiteRT as in TVM (which lowers int8 ops as dequantize -> float op -> quantize): measured here,
@@ -47,6 +52,7 @@ class OutputCheck:
     error_vs_exact: float | None = None  # ours against float64, relative
     litert_error_vs_exact: float | None = None  # LiteRT's against float64, relative
     allowed: float | None = None  # the bound the deciding error was held to
+    error_vs_reference_kernels: float | None = None  # integer path: LSB from TFLite's reference kernels
     note: str = ""  # a reference that could not be computed, and why
 
     def to_dict(self) -> dict:
@@ -78,8 +84,10 @@ def _relative(a: np.ndarray, b: np.ndarray, scale: float) -> float:
 
 
 def check_output(name: str, reference: np.ndarray, device: np.ndarray, exact: np.ndarray | None = None,
-                 reference_spread: float = 0) -> OutputCheck:
-    """reference: LiteRT's output; exact: the float64 pass's (float outputs), when there is one."""
+                 reference_spread: float = 0, plain: np.ndarray | None = None,
+                 plain_tolerance: int | None = None) -> OutputCheck:
+    """reference: LiteRT's output; exact: the float64 pass's (float outputs), when there is one;
+    plain and plain_tolerance: TFLite's reference kernels' output and the LSB allowed from it."""
     if reference.shape != device.shape:
         return OutputCheck(name, str(reference.dtype), np.inf, 0.0, np.inf, -1, -1, False,
                            f"shape {device.shape} differs from the reference {reference.shape}")
@@ -88,6 +96,14 @@ def check_output(name: str, reference: np.ndarray, device: np.ndarray, exact: np
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     rel = err / scale if scale else err
     check = OutputCheck(name, str(reference.dtype), err, scale, rel, top_k(ref, 1)[0], top_k(got, 1)[0], True)
+    if np.issubdtype(reference.dtype, np.integer) and plain is not None and plain_tolerance is not None:
+        check.allowed = plain_tolerance
+        steps = float(np.abs(plain.astype(np.int64) - device.astype(np.int64)).max()) if plain.size else 0.0
+        check.error_vs_reference_kernels = steps
+        if steps > check.allowed:
+            check.ok, check.problem = False, (f"differs from TFLite's reference kernels by {steps:g} steps (LSB), "
+                                              f"more than the {check.allowed:g} allowed")
+        return check
     if np.issubdtype(reference.dtype, np.integer):
         check.allowed = QUANT_LSB_TOLERANCE + 2 * reference_spread
         if err > check.allowed:
@@ -118,8 +134,10 @@ def check_outputs(names: list[str], reference, device: list[np.ndarray]) -> list
     if len(reference.litert) != len(device):
         return [OutputCheck("*", "", np.inf, 0.0, np.inf, -1, -1, False,
                             f"{len(device)} outputs, the reference has {len(reference.litert)}")]
-    checks = [check_output(n, r, d, e, s)
-              for n, r, d, e, s in zip(names, reference.litert, device, reference.exact, reference.spread)]
+    plain = reference.plain or [None] * len(device)
+    tolerance = reference.plain_tolerance or [None] * len(device)
+    checks = [check_output(n, r, d, e, s, p, t) for n, r, d, e, s, p, t in
+              zip(names, reference.litert, device, reference.exact, reference.spread, plain, tolerance)]
     for check in checks:
         check.note = "; ".join(reference.notes)
     return checks
@@ -131,6 +149,10 @@ def summarize(checks: list[OutputCheck]) -> str:
     if exact:
         text = (f"worst error against float64 {max(c.error_vs_exact for c in exact):.1e} "
                 f"(LiteRT's {max(c.litert_error_vs_exact for c in exact):.1e})")
+    elif any(c.error_vs_reference_kernels is not None for c in checks):
+        text = (f"worst difference from TFLite's reference kernels "
+                f"{max(c.error_vs_reference_kernels or 0 for c in checks):g} steps (LSB), from XNNPACK "
+                f"{max(c.max_abs_error for c in checks):g}")
     else:
         text = f"worst difference from LiteRT {max(c.max_abs_error for c in checks):g}" + (
             " steps (LSB)" if checks[0].dtype.startswith(("int", "uint")) else " (relative "
