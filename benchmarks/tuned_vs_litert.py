@@ -2,6 +2,9 @@
 
     python benchmarks/tuned_vs_litert.py [--variants 1.0/224,0.35/96] [--dtypes float32,int8] [--runs 30]
 
+int8 rows come twice: the integer path (compile/integer_frontend.py) and TVM's dequantize -> float
+-> quantize lowering (--int8-lowering float), both with the same database.
+
 TVM's runtime and LiteRT (XNNPACK) run the same number of threads, --threads (default: this
 machine's cores), set and read back for TVM: left alone, TVM runs half the cores on x86. Medians of
 --runs single inferences each, taken in turns (a warm-up, then back-to-back inferences of one
@@ -112,36 +115,42 @@ def main() -> int:
         sys.exit(f"error: TVM's runtime runs {threads} threads, not the {args.threads} asked for.")
     database = TUNING_ROOT / "host"
     rows = []
-    for spec in args.variants.split(","):
+    runs = [(spec, dtype, lowering) for spec in args.variants.split(",") for dtype in args.dtypes.split(",")
+            for lowering in (("integer", "float") if dtype == "int8" else ("integer",))]
+    for spec, dtype, lowering in runs:
         width, res = spec.split("/")
-        for dtype in args.dtypes.split(","):
-            built = {}
-            for label, no_tuning in (("untuned", True), ("tuned", False)):
-                request = pipeline.BuildRequest(target="host", width=float(width), resolution=int(res), dtype=dtype,
-                                                out=args.out / label, no_tuning=no_tuning)
-                manifest = pipeline.build(request, progress=lambda m: None)[0]
-                built[label] = (args.out / label / "host" / manifest["name"], manifest)
-            out_dir, manifest = built["tuned"]
-            inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
-            medians = interleaved_medians_ms({"untuned": tvm_invoker(built["untuned"][0], inputs),
-                                              "tuned": tvm_invoker(out_dir, inputs),
-                                              "litert": litert_invoker(out_dir / "model.tflite", inputs, threads)},
-                                             args.runs)
-            untuned, tuned, litert = medians["untuned"], medians["tuned"], medians["litert"]
-            tuning_info = manifest["tuning"]
-            tasks = tuning.classified_tasks(load_relax(out_dir / "model.tflite")[0], load_profile("host").tvm_target())
-            kinds = {task.task_name: kind for task, kind in tasks}
-            rows.append((f"{width}/{res}", dtype, untuned, tuned, litert, tuning_info.get("tuned_tasks"),
-                         tuning_info.get("tasks"), estimated_breakdown(tasks, database),
-                         measured_breakdown(out_dir, inputs, kinds, args.runs)))
+        built = {}
+        for label, no_tuning in (("untuned", True), ("tuned", False)):
+            request = pipeline.BuildRequest(target="host", width=float(width), resolution=int(res), dtype=dtype,
+                                            out=args.out / lowering / label, no_tuning=no_tuning,
+                                            int8_lowering=lowering)
+            manifest = pipeline.build(request, progress=lambda m: None)[0]
+            built[label] = (args.out / lowering / label / "host" / manifest["name"], manifest)
+        out_dir, manifest = built["tuned"]
+        inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
+        medians = interleaved_medians_ms({"untuned": tvm_invoker(built["untuned"][0], inputs),
+                                          "tuned": tvm_invoker(out_dir, inputs),
+                                          "litert": litert_invoker(out_dir / "model.tflite", inputs, threads)},
+                                         args.runs)
+        untuned, tuned, litert = medians["untuned"], medians["tuned"], medians["litert"]
+        tuning_info = manifest["tuning"]
+        tasks = tuning.classified_tasks(load_relax(out_dir / "model.tflite", lowering)[0],
+                                        load_profile("host").tvm_target())
+        kinds = {task.task_name: kind for task, kind in tasks}
+        label = dtype if dtype != "int8" else f"int8 {manifest['model']['lowering']}"
+        rows.append((f"{width}/{res}", label, untuned, tuned, litert, manifest["library"]["size_bytes"],
+                     tuning_info.get("tuned_tasks"),
+                     tuning_info.get("tasks"), estimated_breakdown(tasks, database),
+                     measured_breakdown(out_dir, inputs, kinds, args.runs)))
     print(f"\nThis machine: {load_profile('host').target['mcpu']}, {threads} threads for TVM (set and read "
           f"back from its runtime) and for LiteRT; "
           f"medians of {args.runs} runs\n")
-    print("| variant | dtype | TVM untuned ms | TVM tuned ms | LiteRT ms | tuned / LiteRT | untuned / tuned | tuned tasks |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, dtype, untuned, tuned, litert, hit, total, *_ in rows:
+    print("| variant | dtype (lowering) | TVM untuned ms | TVM tuned ms | LiteRT ms | tuned / LiteRT | "
+          "untuned / tuned | model.so MB | tuned tasks |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, dtype, untuned, tuned, litert, size, hit, total, *_ in rows:
         print(f"| {name} | {dtype} | {untuned:.2f} | {tuned:.2f} | {litert:.2f} | {tuned / litert:.2f}x | "
-              f"{untuned / tuned:.1f}x | {hit}/{total} |")
+              f"{untuned / tuned:.1f}x | {size / 1e6:.1f} | {hit}/{total} |")
     print("\nTuned time per inference by task kind, ms: estimated from the database's best records (each kernel "
           "alone, warm caches) -> measured inside whole inferences (timed around each call, which adds a little)")
     for name, dtype, *_, estimated, measured in rows:

@@ -101,7 +101,16 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
                                                       " (integer kernels, bit-exact with TFLite's reference kernels)"))
     fcompile = toolchain.fcompile_for(profile)  # fail on a missing toolchain before compiling
     progress(f"[compile] {source.name} for {profile.name} ({profile.tvm_target().kind.name})")
-    executable = compile_relax(mod, profile, tuning)
+    try:
+        executable = compile_relax(mod, profile, tuning)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a failure inside TVM's compiler on this model
+        raise UserError(
+            f"TVM could not compile {source.name} for {profile.name} ({type(err).__name__}: "
+            f"{frontend._last_line(err)}). Try --no-tuning (a tuning record that no longer fits) or "
+            f"another target; if it persists, report the model and target to Apache TVM."
+        ) from None
     progress(f"[tuning] {tuning_line(tuning, profile)}")
     kernels = None
     if profile.is_gpu:
@@ -114,7 +123,14 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
         (out_dir / KERNELS).write_text(kernels)
     library = out_dir / LIBRARY
     progress(f"[link] {library}")
-    executable.export_library(str(library), fcompile=fcompile)
+    try:
+        executable.export_library(str(library), fcompile=fcompile)
+    except Exception as err:  # noqa: BLE001 - the linker's failure, with its own words
+        raise UserError(
+            f"Linking {library} for {profile.name} failed ({frontend._last_line(err)}). Check the target's "
+            f"toolchain ({profile.link.get('compiler') or profile.link.get('kind')}): run the build again "
+            f"after `apt-get install {profile.link.get('apt', 'gcc')}`."
+        ) from None
     machine = elf_machine(library)
     if machine != profile.machine:
         raise UserError(f"{library} was linked for {machine}, but {profile.name} needs {profile.machine}.")

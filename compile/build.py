@@ -72,10 +72,12 @@ def list_targets(as_json: bool) -> None:
 
 
 def describe(path: Path, as_json: bool) -> None:
-    from compile.frontend import describe as describe_model, load_relax
+    from compile import isolated
+    from compile.frontend import check_convertible, describe as describe_model
 
     info = describe_model(path)
-    load_relax(path)  # also reports ops TVM cannot convert
+    # Also reports what TVM cannot convert; in a child, as converting enters TVM's native code.
+    info.lowering = isolated.call(check_convertible, path, what=f"converting {path}", progress=lambda m: None)
     if as_json:
         print(json.dumps(info.to_dict()))
         return

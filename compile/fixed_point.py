@@ -68,7 +68,8 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding: bool
     when multiplier and shift are arrays. Returns int64 (holding int32 values).
 
     Two roundings by default, as TFLite's reference conv, depthwise, add and mean kernels do:
-    SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT. With single_rounding, one:
+    SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT (tests/test_int8.py checks this
+    form against gemmlowp's own). With single_rounding, one:
     (x * m + 2^(30 - shift)) >> (31 - shift), as LiteRT's reference FULLY_CONNECTED does (measured:
     the two differ on values within a hair of a half step)."""
     from tvm import relax
@@ -83,21 +84,18 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding: bool
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     if left.any():
         x = op.multiply(x, _const(np.left_shift(1, left)))
-    # SaturatingRoundingDoublingHighMul: (x * m + nudge) / 2^31, dividing toward zero. The saturating
-    # case (both INT32_MIN) cannot happen: multipliers are positive.
-    product = op.multiply(x, _const(multiplier))
-    zero = _const(0)
-    nudged = op.add(product, op.where(op.greater_equal(product, zero), _const(1 << 30), _const(1 - (1 << 30))))
-    toward_zero = op.where(op.less(nudged, zero), _const((1 << 31) - 1), zero)
-    high = op.right_shift(op.add(nudged, toward_zero), _const(31))
-    if not right.any():
-        return high
-    # RoundingDivideByPOT: shift right, rounding half away from zero.
-    mask = _const(np.left_shift(1, right) - 1)
-    remainder = op.bitwise_and(high, mask)
-    threshold = op.add(op.right_shift(mask, _const(1)), op.where(op.less(high, zero), _const(1), zero))
-    rounded_up = op.where(op.greater(remainder, threshold), _const(1), zero)
-    return op.add(op.right_shift(high, _const(right)), rounded_up)
+    # gemmlowp's two roundings in sign-magnitude form, a third of the operations (each kernel's
+    # epilogue, compiled and searched per tuning candidate). With s = sign(x):
+    #   SaturatingRoundingDoublingHighMul(x, m) = s * ((|x| m + 2^30 - [x < 0]) >> 31)
+    #   RoundingDivideByPOT(h, e) = s * ((|h| + 2^(e-1)) >> e), halves away from zero.
+    # The saturating case (both INT32_MIN) cannot happen: multipliers are positive.
+    negative = op.less(x, _const(0))
+    magnitude = op.add(op.multiply(op.abs(x), _const(multiplier)),
+                       op.where(negative, _const((1 << 30) - 1), _const(1 << 30)))
+    high = op.right_shift(magnitude, _const(31))
+    half = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
+    rounded = op.right_shift(op.add(high, _const(half)), _const(right)) if right.any() else high
+    return op.where(negative, op.negative(rounded), rounded)
 
 
 def clamp_cast(x, low: int, high: int, dtype: str, x_dtype: str = "int64"):

@@ -20,6 +20,7 @@ import numpy as np
 import tflite
 
 from compile import frontend
+from compile.frontend import builtin_options
 
 _RELU, _RELU_N1_TO_1, _RELU6, _TANH = 1, 2, 3, 4
 _SAME = 0
@@ -43,7 +44,7 @@ def fused_activation(x: np.ndarray, code: int) -> np.ndarray:
     raise NoReference(f"fused activation {code}")
 
 
-def _padding(size: int, kernel: int, stride: int, dilation: int, same: bool) -> tuple[int, int, int]:
+def padding(size: int, kernel: int, stride: int, dilation: int, same: bool) -> tuple[int, int, int]:
     """(output size, padding before, padding after) along one spatial axis, as TFLite computes them."""
     effective = (kernel - 1) * dilation + 1
     if not same:
@@ -56,8 +57,8 @@ def _padding(size: int, kernel: int, stride: int, dilation: int, same: bool) -> 
 def _taps(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int], same: bool,
           pad_value: float = 0.0):
     """Yield (i, j, window): the input strip each kernel tap (i, j) multiplies, [N, OH, OW, C]."""
-    oh, top, bottom = _padding(x.shape[1], kh, stride[0], dilation[0], same)
-    ow, left, right = _padding(x.shape[2], kw, stride[1], dilation[1], same)
+    oh, top, bottom = padding(x.shape[1], kh, stride[0], dilation[0], same)
+    ow, left, right = padding(x.shape[2], kw, stride[1], dilation[1], same)
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=pad_value)
     for i in range(kh):
         for j in range(kw):
@@ -96,23 +97,14 @@ def _pool(x, opts, reduce):
     return fused_activation(reduce(np.stack(windows), axis=0), opts.FusedActivationFunction())
 
 
-def _options(op: tflite.Operator, cls):
-    table = op.BuiltinOptions()
-    if table is None:
-        return None
-    opts = cls()
-    opts.Init(table.Bytes, table.Pos)
-    return opts
-
-
 def _conv(ctx, op, x, w, b=None):
-    o = _options(op, tflite.Conv2DOptions)
+    o = builtin_options(op, tflite.Conv2DOptions)
     y = conv2d(x, w, b, (o.StrideH(), o.StrideW()), (o.DilationHFactor(), o.DilationWFactor()), o.Padding() == _SAME)
     return fused_activation(y, o.FusedActivationFunction())
 
 
 def _depthwise(ctx, op, x, w, b=None):
-    o = _options(op, tflite.DepthwiseConv2DOptions)
+    o = builtin_options(op, tflite.DepthwiseConv2DOptions)
     multiplier = w.shape[3] // x.shape[3]
     y = depthwise_conv2d(x, w, b, (o.StrideH(), o.StrideW()), (o.DilationHFactor(), o.DilationWFactor()),
                          o.Padding() == _SAME, multiplier)
@@ -120,7 +112,7 @@ def _depthwise(ctx, op, x, w, b=None):
 
 
 def _fully_connected(ctx, op, x, w, b=None):
-    o = _options(op, tflite.FullyConnectedOptions)
+    o = builtin_options(op, tflite.FullyConnectedOptions)
     y = x.reshape(-1, w.shape[1]) @ w.T
     if b is not None:
         y = y + b
@@ -130,21 +122,21 @@ def _fully_connected(ctx, op, x, w, b=None):
 
 def _binary(fn, options_cls):
     def convert(ctx, op, a, b):
-        o = _options(op, options_cls) if options_cls else None
+        o = builtin_options(op, options_cls) if options_cls else None
         return fused_activation(fn(a, b), o.FusedActivationFunction() if o else 0)
     return convert
 
 
 def _reduce(fn):
     def convert(ctx, op, x, axes):
-        o = _options(op, tflite.ReducerOptions)
+        o = builtin_options(op, tflite.ReducerOptions)
         axes = tuple(int(a) % x.ndim for a in np.atleast_1d(axes))
         return fn(x, axis=axes, keepdims=bool(o and o.KeepDims()))
     return convert
 
 
 def _softmax(ctx, op, x):
-    o = _options(op, tflite.SoftmaxOptions)
+    o = builtin_options(op, tflite.SoftmaxOptions)
     z = (x - x.max(axis=-1, keepdims=True)) * (o.Beta() if o else 1.0)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -155,7 +147,7 @@ def _to_output_shape(ctx, op, x, *unused):
 
 
 def _concatenation(ctx, op, *xs):
-    o = _options(op, tflite.ConcatenationOptions)
+    o = builtin_options(op, tflite.ConcatenationOptions)
     return fused_activation(np.concatenate(xs, axis=o.Axis()), o.FusedActivationFunction())
 
 
@@ -169,7 +161,7 @@ def _dequantize(ctx, op, x):
 
 
 def _leaky_relu(ctx, op, x):
-    alpha = _options(op, tflite.LeakyReluOptions).Alpha()
+    alpha = builtin_options(op, tflite.LeakyReluOptions).Alpha()
     return np.where(x >= 0, x, alpha * x)
 
 
@@ -193,8 +185,8 @@ OPS = {
     "SUM": _reduce(np.sum),
     "REDUCE_MAX": _reduce(np.max),
     "SOFTMAX": _softmax,
-    "AVERAGE_POOL_2D": lambda ctx, op, x: _pool(x, _options(op, tflite.Pool2DOptions), np.nanmean),
-    "MAX_POOL_2D": lambda ctx, op, x: _pool(x, _options(op, tflite.Pool2DOptions), np.nanmax),
+    "AVERAGE_POOL_2D": lambda ctx, op, x: _pool(x, builtin_options(op, tflite.Pool2DOptions), np.nanmean),
+    "MAX_POOL_2D": lambda ctx, op, x: _pool(x, builtin_options(op, tflite.Pool2DOptions), np.nanmax),
     "RESHAPE": _to_output_shape,
     "SQUEEZE": _to_output_shape,
     "EXPAND_DIMS": _to_output_shape,

@@ -72,6 +72,16 @@ def tensor_dtype(tensor: tflite.Tensor) -> str:
     return _TYPE_NAMES.get(tensor.Type(), str(tensor.Type()))
 
 
+def builtin_options(op: tflite.Operator, cls):
+    """The op's builtin options table read as `cls` (e.g. tflite.Conv2DOptions), or None."""
+    table = op.BuiltinOptions()
+    if table is None:
+        return None
+    opts = cls()
+    opts.Init(table.Bytes, table.Pos)
+    return opts
+
+
 def op_name(model: tflite.Model, op: tflite.Operator) -> str:
     code = model.OperatorCodes(op.OpcodeIndex())
     # Codes above 127 live in builtin_code; older files only fill the deprecated int8 field.
@@ -200,14 +210,24 @@ def _describe(path: str, model: tflite.Model, data: bytes) -> ModelInfo:
 
 
 def unsupported_ops(model: tflite.Model) -> list[str]:
-    """Every op of subgraph 0 that TVM's TFLite front end has no converter for, sorted."""
+    """Every op of subgraph 0 that TVM's TFLite front end has no converter for, sorted. Asks TVM's
+    own converter how it names each op (custom ops it converts, such as
+    TFLite_Detection_PostProcess, pass; other custom ops do not)."""
     from tvm import relax
     from tvm.relax.frontend.tflite.tflite_frontend import ExprTable, OperatorConverter
 
     sub = model.Subgraphs(0)
     converter = OperatorConverter(model, sub, ExprTable(), relax.BlockBuilder())
-    names = {op_name(model, sub.Operators(o)) for o in range(sub.OperatorsLength())}
-    return sorted(name for name in names if name.split("(")[0] not in converter.convert_map)
+    missing = set()
+    for o in range(sub.OperatorsLength()):
+        op = sub.Operators(o)
+        try:
+            known = converter.get_op_code_str(op) in converter.convert_map
+        except NotImplementedError:  # a custom op TVM has no converter for, or an unknown code
+            known = False
+        if not known:
+            missing.add(op_name(model, op))
+    return sorted(missing)
 
 
 INT8_LOWERINGS = ("integer", "float")
@@ -250,5 +270,23 @@ def load_relax(path: str | Path, int8_lowering: str = "integer"):
     try:
         mod = from_tflite(model, shape_dict=shapes, dtype_dict=dtypes)
     except tvm.error.OpNotImplemented as err:
-        raise UserError(f"TVM cannot convert {path}: {str(err).strip()}") from None
+        raise UserError(f"TVM cannot convert {path}: {_last_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - any failure inside TVM's converter is about this file
+        ops = ", ".join(f"{name} x{count}" for name, count in info.ops.items())
+        raise UserError(
+            f"TVM's TFLite converter failed on {path} ({type(err).__name__}: {_last_line(err)}). The file's "
+            f"ops: {ops}. One of them has options or shapes the converter does not handle: check that "
+            f"LiteRT runs the file, re-export it with plain builtin ops, or report it to Apache TVM."
+        ) from None
     return mod, info
+
+
+def check_convertible(path: str | Path, int8_lowering: str = "integer", progress=print) -> str:
+    """Convert the file and discard the result: UserError if it cannot be; else how it lowers.
+    (Run in a child process by callers, since the conversion enters TVM's native code.)"""
+    return load_relax(path, int8_lowering)[1].lowering
+
+
+def _last_line(err: Exception) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no message"

@@ -27,7 +27,9 @@ import numpy as np
 import tflite
 
 from compile import fixed_point
+from compile.frontend import builtin_options, op_name, tensor_dtype
 from compile.fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier
+from compile.float64_reference import padding
 
 ACTIVATIONS = ("int8", "uint8")
 _SAME = 0
@@ -52,8 +54,6 @@ class QTensor:
 
 
 def read_tensor(model: tflite.Model, sub: tflite.SubGraph, index: int) -> QTensor:
-    from compile.frontend import tensor_dtype
-
     tensor = sub.Tensors(index)
     dtype = tensor_dtype(tensor)
     shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
@@ -65,15 +65,6 @@ def read_tensor(model: tflite.Model, sub: tflite.SubGraph, index: int) -> QTenso
     value = None if isinstance(raw, int) or raw.size == 0 else raw.view(np.dtype(dtype)).reshape(shape)
     return QTensor(index, tensor.Name().decode(errors="replace"), dtype, shape, scale, zero,
                    quant.QuantizedDimension() if has_scale else 0, value)
-
-
-def _options(op: tflite.Operator, cls):
-    table = op.BuiltinOptions()
-    if table is None:
-        return None
-    opts = cls()
-    opts.Init(table.Bytes, table.Pos)
-    return opts
 
 
 class _Converter:
@@ -101,15 +92,6 @@ def _const(value, dtype: str):
     from tvm import relax
 
     return relax.const(np.asarray(value, dtype=dtype), dtype)  # without dtype, int64 becomes int32
-
-
-def _padding(size: int, kernel: int, stride: int, dilation: int, same: bool) -> tuple[int, int]:
-    if not same:
-        return 0, 0
-    effective = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + effective - size, 0)
-    return total // 2, total - total // 2
 
 
 def _requantize_to_output(conv, acc, bias: np.ndarray, multipliers, shifts, out: QTensor, activation: int,
@@ -145,8 +127,8 @@ def _padded_input(conv, op_inputs, x: QTensor, kernel: tuple[int, int], stride, 
     """The input padded with its zero point (TFLite skips padded positions: (zp - zp) x w = 0)."""
     from tvm import relax
 
-    top, bottom = _padding(x.shape[1], kernel[0], stride[0], dilation[0], same)
-    left, right = _padding(x.shape[2], kernel[1], stride[1], dilation[1], same)
+    _, top, bottom = padding(x.shape[1], kernel[0], stride[0], dilation[0], same)
+    _, left, right = padding(x.shape[2], kernel[1], stride[1], dilation[1], same)
     data = conv.expr(op_inputs[0])
     if top or bottom or left or right:
         data = conv.emit(relax.op.nn.pad(data, [0, 0, top, bottom, left, right, 0, 0],
@@ -159,7 +141,7 @@ def convert_conv(conv, op, inputs, outputs, depthwise: bool):
 
     x, w, out = conv.tensor(inputs[0]), conv.tensor(inputs[1]), conv.tensor(outputs[0])
     bias = conv.tensor(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
-    opts = _options(op, tflite.DepthwiseConv2DOptions if depthwise else tflite.Conv2DOptions)
+    opts = builtin_options(op, tflite.DepthwiseConv2DOptions if depthwise else tflite.Conv2DOptions)
     stride, dilation = (opts.StrideH(), opts.StrideW()), (opts.DilationHFactor(), opts.DilationWFactor())
     kernel = (w.shape[1], w.shape[2])
     data = _padded_input(conv, inputs, x, kernel, stride, dilation, opts.Padding() == _SAME)
@@ -185,7 +167,7 @@ def convert_fully_connected(conv, op, inputs, outputs):
 
     x, w, out = conv.tensor(inputs[0]), conv.tensor(inputs[1]), conv.tensor(outputs[0])
     bias = conv.tensor(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
-    opts = _options(op, tflite.FullyConnectedOptions)
+    opts = builtin_options(op, tflite.FullyConnectedOptions)
     data = conv.emit(relax.op.reshape(conv.expr(inputs[0]), (-1, w.shape[1])))
     acc = conv.emit(relax.op.matmul(data, _const(w.value.T, "int8"), out_dtype="int32"))
     if w.scale.size > 1:
@@ -217,7 +199,7 @@ def convert_add(conv, op, inputs, outputs):
         scaled.append(multiply_by_quantized_multiplier(shifted, m, s))
     m, s = quantize_multiplier(twice_max / output_denominator)
     raw = multiply_by_quantized_multiplier(relax.op.add(*scaled), m, s)
-    opts = _options(op, tflite.AddOptions)
+    opts = builtin_options(op, tflite.AddOptions)
     low, high = activation_range(opts.FusedActivationFunction() if opts else 0, float(out.scale[0]),
                                  int(out.zero_point[0]), out.dtype)
     return conv.emit(fixed_point.clamp_cast(relax.op.add(raw, _const(int(out.zero_point[0]), "int64")),
@@ -247,7 +229,7 @@ def convert_mean(conv, op, inputs, outputs):
     from tvm import relax
 
     x, axes, out = conv.tensor(inputs[0]), conv.tensor(inputs[1]), conv.tensor(outputs[0])
-    opts = _options(op, tflite.ReducerOptions)
+    opts = builtin_options(op, tflite.ReducerOptions)
     axis = [int(a) % len(x.shape) for a in np.atleast_1d(axes.value)]
     count = int(np.prod([x.shape[a] for a in axis]))
     multiplier, shift = quantize_multiplier(float(x.scale[0]) / float(out.scale[0]))
@@ -266,7 +248,7 @@ def convert_softmax(conv, op, inputs, outputs):
     from tvm import relax
 
     x, out = conv.tensor(inputs[0]), conv.tensor(outputs[0])
-    opts = _options(op, tflite.SoftmaxOptions)
+    opts = builtin_options(op, tflite.SoftmaxOptions)
     logits = relax.op.multiply(_dequantized(conv, inputs[0], x), _const(opts.Beta() if opts else 1.0, "float64"))
     return _to_quantized(conv, relax.op.nn.softmax(logits, axis=-1), out)
 
@@ -359,8 +341,6 @@ def is_quantized(model: tflite.Model) -> bool:
 
 def unsupported(model: tflite.Model) -> list[str]:
     """Everything in subgraph 0 that the integer path does not cover, sorted and unique."""
-    from compile.frontend import op_name
-
     sub = model.Subgraphs(0)
     problems = set()
     for o in range(sub.OperatorsLength()):
@@ -376,8 +356,6 @@ def output_tolerances(model: tflite.Model) -> list[int]:
     """Per model output, the LSB this path may differ from TFLite's reference kernels: 0 where only
     bit-exact ops (conv, depthwise, fully connected, add, (re)quantize) lead to it, 1 where a MEAN
     or SOFTMAX does."""
-    from compile.frontend import op_name
-
     sub = model.Subgraphs(0)
     inexact: set[int] = set()
     for o in range(sub.OperatorsLength()):
@@ -392,8 +370,6 @@ def from_quantized_tflite(model: tflite.Model, extra_outputs: tuple[int, ...] = 
     `extra_outputs`: indices of intermediate tensors to return after the model's outputs (tests
     compare them with TFLite's reference kernels layer by layer)."""
     from tvm import relax
-
-    from compile.frontend import op_name
 
     bb = relax.BlockBuilder()
     conv = _Converter(model, bb)

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from compile import artifact, generate
+from compile import artifact, generate, isolated
 from compile.errors import UserError
 from compile.paths import DEFAULT_OUT, TUNING_ROOT
 from compile.variants import Variant, official_variants
@@ -97,8 +97,8 @@ def build(request: BuildRequest, progress=print) -> list[dict]:
             progress(f"{prefix}[skip] {out_dir} is up to date")
             manifests.append(artifact.read_manifest(out_dir))
             continue
-        manifests.append(
-            artifact.build_artifact(source, profile, out_dir, tuning, progress=lambda m: progress(prefix + m),
-                                    int8_lowering=request.int8_lowering)
-        )
+        # In a child process: a crash in TVM's native code on some file must not take the caller with it.
+        manifests.append(isolated.call(
+            artifact.build_artifact, source, profile, out_dir, tuning, int8_lowering=request.int8_lowering,
+            what=f"building {source.name} for {profile.name}", progress=lambda m: progress(prefix + m)))
     return manifests

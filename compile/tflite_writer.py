@@ -17,6 +17,9 @@ TENSOR_TYPES = {
     "int32": tflite.TensorType.INT32,
     "int8": tflite.TensorType.INT8,
     "uint8": tflite.TensorType.UINT8,
+    "float16": tflite.TensorType.FLOAT16,
+    "int16": tflite.TensorType.INT16,
+    "int64": tflite.TensorType.INT64,
 }
 
 
@@ -44,6 +47,7 @@ class Operator:
     options_type: str | None = None  # a tflite.BuiltinOptions name, e.g. "Conv2DOptions"
     options: dict = field(default_factory=dict)  # field name (as in the schema's Add<Name>) -> value
     version: int = 1
+    custom_code: str | None = None  # op "CUSTOM": the custom op's name, e.g. TFLite_Detection_PostProcess
 
 
 @dataclass
@@ -122,16 +126,16 @@ def serialize(graph: Graph) -> bytes:
             tflite.TensorAddQuantization(builder, quant)
         tensors.append(tflite.TensorEnd(builder))
 
-    op_codes: list[tuple[str, int]] = []
+    op_codes: list[tuple[str, int, str | None]] = []
     operators = []
     for op in graph.operators:
-        if (op.op, op.version) not in op_codes:
-            op_codes.append((op.op, op.version))
+        if (op.op, op.version, op.custom_code) not in op_codes:
+            op_codes.append((op.op, op.version, op.custom_code))
         inputs = builder.CreateNumpyVector(np.asarray(op.inputs, dtype=np.int32))
         outputs = builder.CreateNumpyVector(np.asarray(op.outputs, dtype=np.int32))
         options = _options(builder, op) if op.options_type else None
         tflite.OperatorStart(builder)
-        tflite.OperatorAddOpcodeIndex(builder, op_codes.index((op.op, op.version)))
+        tflite.OperatorAddOpcodeIndex(builder, op_codes.index((op.op, op.version, op.custom_code)))
         tflite.OperatorAddInputs(builder, inputs)
         tflite.OperatorAddOutputs(builder, outputs)
         if options is not None:
@@ -140,9 +144,12 @@ def serialize(graph: Graph) -> bytes:
         operators.append(tflite.OperatorEnd(builder))
 
     codes = []
-    for name, version in op_codes:
+    for name, version, custom_code in op_codes:
         code = getattr(tflite.BuiltinOperator, name)
+        custom = builder.CreateString(custom_code) if custom_code else None
         tflite.OperatorCodeStart(builder)
+        if custom is not None:
+            tflite.OperatorCodeAddCustomCode(builder, custom)
         tflite.OperatorCodeAddDeprecatedBuiltinCode(builder, min(code, 127))
         tflite.OperatorCodeAddBuiltinCode(builder, code)
         tflite.OperatorCodeAddVersion(builder, version)

@@ -52,11 +52,17 @@ def _android_stubs(clang: str, clang_target: str) -> Path:
     empty = out / "empty.c"
     empty.write_text("")
     for name in ("c", "m"):
-        subprocess.run(
+        done = subprocess.run(
             [clang, f"--target={clang_target}", "-fuse-ld=lld", "-nostdlib", "-shared", "-fPIC",
              f"-Wl,-soname,lib{name}.so", "-o", str(out / f"lib{name}.so"), str(empty)],
-            check=True, capture_output=True,
+            capture_output=True, text=True,
         )
+        if done.returncode != 0:
+            tail = " / ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise UserError(
+                f"Linking the Android stub lib{name}.so with {clang} --target={clang_target} failed ({tail}). "
+                f"It needs clang and lld (`apt-get install clang lld`), or set TVM_NDK_CC to the NDK's clang."
+            )
     return out
 
 

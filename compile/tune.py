@@ -35,11 +35,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
     p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
     p.add_argument("--tuning-log", type=Path, help="database folder (default: tuning_logs/<target>/)")
+    p.add_argument("--compact", type=int, metavar="N", help="no tuning: keep the N best records per workload "
+                   "(the trials done are remembered) so builds load the database fast; then exit")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.compact is not None:
+        return compact(args)
     from compile.pipeline import BuildRequest
     from compile.tune_job import KINDS, TuneRequest, tune
     from compile.cli_common import parse_host_port
@@ -61,6 +65,22 @@ def main(argv=None) -> int:
     print(f"[tune] {'stopped by --minutes' if report.stopped_early else 'done'} in {report.seconds / 60:.1f} min "
           f"({len(report.tasks) - done_before} tasks tuned now, {done_before} done before); "
           "estimated time per inference by kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
+    return 0
+
+
+def compact(args) -> int:
+    from compile import tuning
+    from compile.errors import UserError
+    from compile.paths import TUNING_ROOT
+
+    path = Path(args.tuning_log or TUNING_ROOT / args.target)
+    if not tuning.has_database(path):
+        raise UserError(f"{path} holds no MetaSchedule database (database_workload.json) to compact.")
+    if args.compact < 1:
+        raise UserError("--compact takes the number of records to keep per workload, at least 1.")
+    tuning.repair_database(path)
+    before, after = tuning.compact_database(path, keep=args.compact)
+    print(f"[compact] {path}: {before} records -> {after} (at most {args.compact} per workload)")
     return 0
 
 

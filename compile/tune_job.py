@@ -116,7 +116,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
              f"{request.trials} trials each, database {db_path}")
     try:
         for index, (task, kind) in enumerate(tasks, 1):
-            have = len(tuning.records_for(database, task, request.trials))
+            have = tuning.trials_done(db_path, database, task, request.trials)
             step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight})"
             if have >= request.trials:
                 report.tasks.append(TaskReport(task.task_name, kind, task.weight, have,
@@ -137,8 +137,8 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
                           max_trials_global=todo, max_trials_per_task=todo, num_trials_per_iter=min(16, todo),
                           builder=builder, runner=runner, database=database, cost_model="xgb")
             best = _ms(tuning.best_seconds(database, task))
-            report.tasks.append(TaskReport(task.task_name, kind, task.weight,
-                                           len(tuning.records_for(database, task, request.trials)), best))
+            tuning.record_trials(db_path, task, have + todo)
+            report.tasks.append(TaskReport(task.task_name, kind, task.weight, have + todo, best))
             elapsed = time.monotonic() - started
             progress(f"{step}: best {best:.3f} ms after {report.tasks[-1].trials} trials "
                      f"({elapsed / 60:.1f} min so far)" if best is not None else f"{step}: no valid candidate")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
+KEEP_BEST = 4  # records per workload after compaction: the best, and a few to seed later searches
 
 
 def has_database(path: Path) -> bool:
@@ -170,6 +172,59 @@ def best_seconds(database, task) -> float | None:
     if not top or not top[0].run_secs:
         return None
     return float(sum(float(s) for s in top[0].run_secs) / len(top[0].run_secs))
+
+
+def _workload_key(task) -> str:
+    import tvm
+
+    return str(tvm.ir.structural_hash(task.dispatched[0]) & (2**64 - 1))  # as the workload file writes it
+
+
+def trials_done(path: Path, database, task, limit: int) -> int:
+    """Trials measured for the task: its records, or the count kept when they were compacted."""
+    import json
+
+    file = Path(path) / TRIALS_FILE
+    counted = json.loads(file.read_text()).get(_workload_key(task), 0) if file.exists() else 0
+    return max(len(records_for(database, task, limit)), counted)
+
+
+def record_trials(path: Path, task, trials: int) -> None:
+    import json
+
+    file = Path(path) / TRIALS_FILE
+    counts = json.loads(file.read_text()) if file.exists() else {}
+    counts[_workload_key(task)] = max(trials, counts.get(_workload_key(task), 0))
+    file.write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
+
+
+def compact_database(path: Path, keep: int = KEEP_BEST) -> tuple[int, int]:
+    """Keep each workload's `keep` fastest valid records, and only workloads that have one; the
+    trials each had are kept in trials.json, so a rerun still skips tasks tuned enough. Loading
+    (every tuned build does) takes time in proportion to the records. Returns (before, after)."""
+    import json
+
+    path = Path(path)
+    workloads = (path / WORKLOAD_FILE).read_text().splitlines()
+    records = [json.loads(line) for line in (path / RECORD_FILE).read_text().splitlines() if line.strip()]
+    by_workload: dict[int, list] = {}
+    for index, record in records:
+        by_workload.setdefault(index, []).append(record)
+    counts = json.loads((path / TRIALS_FILE).read_text()) if (path / TRIALS_FILE).exists() else {}
+    kept_workloads, kept_records = [], []
+    for index, line in enumerate(workloads):
+        valid = [r for r in by_workload.get(index, []) if r[1] and all(s is not None for s in r[1])]
+        if not valid:
+            continue
+        shash = str(json.loads(line)[0])
+        counts[shash] = max(counts.get(shash, 0), len(by_workload[index]))
+        valid.sort(key=lambda r: sum(r[1]) / len(r[1]))
+        kept_records += [[len(kept_workloads), r] for r in valid[:keep]]
+        kept_workloads.append(line)
+    (path / WORKLOAD_FILE).write_text("".join(line + "\n" for line in kept_workloads))
+    (path / RECORD_FILE).write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept_records))
+    (path / TRIALS_FILE).write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
+    return len(records), len(kept_records)
 
 
 def repair_database(path: Path) -> int:

@@ -31,8 +31,16 @@ WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
 READY_STAMP = CACHE / ".provisioned"
 
 
+STEP_TIMEOUT_S = 900  # one provisioning step (a download of the board's packages and wheels)
+
+
 def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"Provisioning the emulated board timed out after {STEP_TIMEOUT_S} s while {what}: "
+                        f"the package registry is slow or unreachable. Run the same command again later; "
+                        f"finished downloads are kept.") from None
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise UserError(f"Provisioning the emulated board failed while {what}: {' / '.join(tail)}")
@@ -99,9 +107,19 @@ def _fetch_wheels(progress) -> None:
         unneeded.unlink()
 
 
+def _launcher_text() -> str:
+    return (
+        "#!/bin/sh\n"
+        "# arm64 CPython under qemu-user; -0 makes sys.executable this script, so workers re-enter qemu.\n"
+        "# -cpu max: every Armv8 extension qemu has (the dot-product instructions of rasp5 builds too).\n"
+        f"QEMU_LD_PREFIX='{ROOT}' PYTHONPATH='{SITE}' TVM_USE_RUNTIME_LIB=1 PYTHONNOUSERSITE=1 "
+        f"exec qemu-aarch64 -cpu max -0 '{LAUNCHER}' '{ROOT}/usr/bin/python3.11' \"$@\"\n"
+    )
+
+
 def provision(progress=print) -> Path:
     """Make the board ready (idempotent); returns the launcher of its python3."""
-    if READY_STAMP.exists() and LAUNCHER.exists():
+    if READY_STAMP.exists() and LAUNCHER.exists() and LAUNCHER.read_text() == _launcher_text():
         return LAUNCHER
     if not shutil.which("qemu-aarch64"):
         raise UserError("The emulated board needs qemu-user: apt-get install qemu-user (the README's set-up does this).")
@@ -110,15 +128,14 @@ def provision(progress=print) -> Path:
         _fetch_python(progress)
     if not (SITE / "tvm").is_dir():
         _fetch_wheels(progress)
-    LAUNCHER.write_text(
-        "#!/bin/sh\n"
-        "# arm64 CPython under qemu-user; -0 makes sys.executable this script, so workers re-enter qemu.\n"
-        f"QEMU_LD_PREFIX='{ROOT}' PYTHONPATH='{SITE}' TVM_USE_RUNTIME_LIB=1 PYTHONNOUSERSITE=1 "
-        f"exec qemu-aarch64 -0 '{LAUNCHER}' '{ROOT}/usr/bin/python3.11' \"$@\"\n"
-    )
+    LAUNCHER.write_text(_launcher_text())
     LAUNCHER.chmod(0o755)
-    check = subprocess.run([str(LAUNCHER), "-c", "import platform, tvm; print(platform.machine())"],
-                           capture_output=True, text=True, timeout=300)
+    try:
+        check = subprocess.run([str(LAUNCHER), "-c", "import platform, tvm; print(platform.machine())"],
+                               capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise UserError("The emulated board's python did not start within 300 s under qemu-user: the machine "
+                        "is overloaded or the board's files are damaged (delete .cache/board and run again).") from None
     if check.returncode != 0 or check.stdout.strip() != "aarch64":
         raise UserError(f"The emulated board's python does not start: {check.stderr.strip()[-400:]}")
     READY_STAMP.touch()

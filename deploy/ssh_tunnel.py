@@ -84,12 +84,18 @@ class SSHRPCServer:
         self.client = client
 
     def _start_server(self) -> None:
+        import paramiko
+
         command = (f"echo MNV2_PID=$$; exec {self.python} -m tvm.exec.rpc_server --host 127.0.0.1 "
                    f"--port {REMOTE_PORT} --port-end {REMOTE_PORT + REMOTE_PORT_SPAN}")
-        transport = self.client.get_transport()
-        channel = transport.open_session(timeout=self.connect_timeout)
-        channel.get_pty()  # the server gets SIGHUP if the connection drops
-        channel.exec_command(command)
+        try:
+            channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
+            channel.get_pty()  # the server gets SIGHUP if the connection drops
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, AttributeError) as err:  # AttributeError: no transport left
+            raise UserError(f"The SSH session to {self.destination} failed while starting the RPC server "
+                            f"({err or type(err).__name__}): check that the board accepts a command session "
+                            f"(sshd's ForceCommand, MaxSessions) and that it is still up.") from None
         self.channel = channel
         output = b""
         deadline = time.monotonic() + self.start_timeout

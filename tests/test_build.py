@@ -20,7 +20,11 @@ def test_profiles_are_data_with_what_a_build_needs():
         profile = load_profile(name)
         assert profile.description and profile.rpc_key
         assert profile.cpu_target["num-cores"] >= 1
-        assert profile.tvm_target() is not None
+        target = profile.tvm_target()  # what TVM makes of the data file: the same kind, triple and cores
+        cpu = target.host if profile.is_gpu else target
+        assert target.kind.name == profile.target["kind"]
+        assert str(cpu.attrs.get("mtriple", "")) == profile.cpu_target.get("mtriple", "")
+        assert int(cpu.attrs["num-cores"]) == profile.cpu_target["num-cores"]
 
 
 def test_host_profile_is_detected():
@@ -46,11 +50,14 @@ def build(tmp_path, *flags):
 def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
     result = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
     assert "[compile]" in result.stdout and "[done]" in result.stdout  # a progress line per stage
+    assert "[tuning] none" in result.stdout and "untuned" in result.stdout  # never untuned in silence
     out = tmp_path / "arm_cpu" / "mnv2_1_224_float32"
     assert elf_machine(out / "model.so") == "aarch64"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model"]["variant"] == {"width": 1.0, "resolution": 224, "dtype": "float32",
-                                            "macs": 300774272, "params": 3487816}
+    variant = manifest["model"]["variant"]
+    assert (variant["width"], variant["resolution"], variant["dtype"]) == (1.0, 224, "float32")
+    # The paper's Table 3 row for MobileNetV2 1.0/224: 300M multiply-adds, 3.4M parameters.
+    assert abs(variant["macs"] - 300e6) <= 0.01 * 300e6 and abs(variant["params"] - 3.4e6) <= 0.03 * 3.4e6
     assert manifest["target"]["target"]["mtriple"] == "aarch64-linux-gnu"
     assert manifest["target"]["target"]["num-cores"] == 4 and manifest["target"]["profile"] == "arm_cpu"
     assert manifest["inputs"][0]["shape"] == [1, 224, 224, 3]
@@ -74,7 +81,9 @@ def _dynamic_section(library) -> str:
 
 
 @pytest.mark.slow
-def test_android_library_is_loadable_without_ndk(tmp_path):
+def test_android_library_links_as_android_needs_without_ndk(tmp_path):
+    """No Android device or bionic here to load it: the checks are what Android's loader demands of a
+    library (a shared object, no text relocations, libc and libm by soname)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NDK_CC", "ANDROID_NDK_HOME")}
     built = run_cli("compile/build.py", "--out", tmp_path, "--target", "android-arm64", "--width", "0.35",
                     "--res", "96", env={**env, "TVM_NDK_CC": "", "ANDROID_NDK_HOME": ""})
@@ -84,8 +93,8 @@ def test_android_library_is_loadable_without_ndk(tmp_path):
     dynamic = _dynamic_section(library)
     assert "TEXTREL" not in dynamic  # Android refuses text relocations
     assert re.search(r"NEEDED.*\[libc\.so\]", dynamic) and re.search(r"NEEDED.*\[libm\.so\]", dynamic)
-    assert "Shared library" in dynamic or "DYN" in subprocess.run(
-        ["readelf", "-h", str(library)], capture_output=True, text=True).stdout
+    header = subprocess.run(["readelf", "-h", str(library)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Type:\s+DYN", header)
 
 
 @pytest.mark.slow
@@ -111,7 +120,7 @@ def test_missing_cross_toolchain_names_the_package(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["mali", "adreno"])
 def test_opencl_kernels_compile_with_a_real_opencl_compiler(target, tmp_path):
-    cl = pytest.importorskip("pyopencl")
+    import pyopencl as cl  # a declared test dependency: missing, it must fail, not skip
     build(tmp_path, "--target", target, "--width", "0.35", "--res", "96")
     out = tmp_path / target / "mnv2_0.35_96_float32"
     assert elf_machine(out / "model.so") == "aarch64"
@@ -139,4 +148,4 @@ def test_bundle_runtime_ships_the_aarch64_runtime(tmp_path):
 @pytest.mark.slow
 def test_host_build_verifies_against_litert(tmp_path):
     result = build(tmp_path, "--target", "host", "--width", "0.35", "--res", "96", "--verify")
-    assert "OK against LiteRT" in result.stdout
+    assert ": OK: worst error against float64" in result.stdout

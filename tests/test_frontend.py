@@ -113,3 +113,70 @@ def test_describe_cli_reports_io_and_quantization(shared_models):
     info = json.loads(result.stdout)
     assert info["inputs"][0]["dtype"] == "int8" and info["inputs"][0]["zero_point"] == [-1]
     assert info["outputs"][0]["shape"] == [1, 19] and info["ops"]["CONV_2D"] == 35
+
+
+def _custom_op_model(custom_code: str) -> bytes:
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 4), "float32"))
+    y = graph.add_tensor(Tensor("y", (1, 4), "float32"))
+    graph.operators = [Operator("CUSTOM", [x], [y], custom_code=custom_code)]
+    graph.inputs, graph.outputs = [x], [y]
+    return serialize(graph)
+
+
+def test_custom_ops_are_judged_by_tvms_own_converter(tmp_path):
+    """TVM converts TFLite_Detection_PostProcess (SSD detectors); other custom ops it cannot."""
+    from compile.frontend import unsupported_ops
+
+    detector, other = tmp_path / "detector.tflite", tmp_path / "other.tflite"
+    detector.write_bytes(_custom_op_model("TFLite_Detection_PostProcess"))
+    other.write_bytes(_custom_op_model("MyFancyOp"))
+    assert unsupported_ops(read_model(detector)[0]) == []
+    assert unsupported_ops(read_model(other)[0]) == ["CUSTOM(MyFancyOp)"]
+    with pytest.raises(UserError, match=r"CUSTOM\(MyFancyOp\)"):
+        load_relax(other)
+
+
+def _malformed_conv_model() -> bytes:
+    """Structurally valid, semantically not: a CONV_2D whose filter has rank 3."""
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 4, 4, 3), "float32"))
+    w = graph.add_tensor(Tensor("w", (4, 3, 3), "float32", np.ones((4, 3, 3), np.float32)))
+    y = graph.add_tensor(Tensor("y", (1, 4, 4, 4), "float32"))
+    graph.operators = [Operator("CONV_2D", [x, w, -1], [y], "Conv2DOptions",
+                                {"Padding": 0, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 0,
+                                 "DilationWFactor": 1, "DilationHFactor": 1})]
+    graph.inputs, graph.outputs = [x], [y]
+    return serialize(graph)
+
+
+def test_a_converter_failure_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad_conv.tflite"
+    path.write_bytes(_malformed_conv_model())
+    with pytest.raises(UserError, match="CONV_2D"):
+        load_relax(path)
+    assert_clean_error(run_cli("compile/build.py", "--describe", path), "CONV_2D")
+
+
+def crash_in_native_code(progress):
+    os.abort()
+
+
+def test_a_native_crash_in_a_build_step_is_contained():
+    from compile import isolated
+
+    with pytest.raises(UserError, match="SIGABRT"):
+        isolated.call(crash_in_native_code, what="converting a file")
+
+
+def test_a_bug_of_ours_exits_3_and_says_what_to_report(capsys):
+    from compile.cli_common import run_main
+
+    def main():
+        return {}["missing"]
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main)
+    assert stop.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: KeyError") and "bug in mnv2-edge" in err and "report" in err

@@ -1,6 +1,7 @@
 """The RPC harness against real servers: a tracker and servers on loopback, sshd, the emulated board."""
 
 import json
+import re
 import os
 import signal
 import socket
@@ -87,7 +88,9 @@ def _rpc_server_pids() -> set[int]:
 
 
 def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
-    result = bench(tmp_path, "--target", "arm_cpu", "--emulated-board", *SMALL, "--dtype", "float32,int8",
+    """rasp5 (Cortex-A76, +dotprod) builds on the board under qemu -cpu max: float32 against the float64
+    rule, integer int8 (with sdot dot-product instructions) against TFLite's reference kernels."""
+    result = bench(tmp_path, "--target", "rasp5", "--emulated-board", *SMALL, "--dtype", "float32,int8",
                    "--number", "1", "--repeat", "2", "--verify-inputs", "2")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "NOT device latencies" in result.stdout
@@ -95,7 +98,12 @@ def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
     assert {r.name for r in done} == {"mnv2_0.35_96_float32", "mnv2_0.35_96_int8"}
     for r in done:
         assert r.status == "ok" and r.emulated and len(r.verification) == 2
-        assert elf_machine(tmp_path.parent / "dist" / "arm_cpu" / r.name / "model.so") == "aarch64"
+        assert elf_machine(tmp_path.parent / "dist" / "rasp5" / r.name / "model.so") == "aarch64"
+    int8 = next(r for r in done if r.dtype == "int8")
+    assert all(check["error_vs_reference_kernels"] is not None for check in int8.verification)
+    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path.parent / "dist" / "rasp5" /
+                                  "mnv2_0.35_96_int8" / "model.so")], capture_output=True, text=True, check=True)
+    assert re.search(r"\ssdot\s", disassembly.stdout)  # int8 dot products, four per int32 lane
     assert not _rpc_server_pids()  # the board was stopped
 
 
