@@ -125,7 +125,10 @@ def _check_structure(model: tflite.Model, size: int) -> None:
             shape = tensor.ShapeAsNumpy() if tensor.ShapeLength() else np.array([], np.int32)
             if stored and dtype in _ITEM_SIZES and (shape >= 0).all():
                 expected = int(np.prod(shape)) * _ITEM_SIZES[dtype]
-                if expected != stored:
+                # A sparse tensor (TFLite's sparsity encoding, densified at import) stores only the
+                # values its index arrays name: fewer bytes than its dense shape, never more.
+                sparse = tensor.Sparsity() is not None
+                if (stored > expected) if sparse else (expected != stored):
                     raise _Corrupt(
                         f"tensor {t} ({tensor.Name().decode(errors='replace')}) holds {stored} bytes "
                         f"for shape {shape.tolist()} {dtype} ({expected} bytes)"

@@ -37,6 +37,7 @@ class Tensor:
     dtype: str
     data: np.ndarray | None = None
     quantization: Quantization | None = None
+    sparse: bool = False  # a 2-D constant stored in TFLite's sparse encoding (rows dense, columns CSR)
 
 
 @dataclass
@@ -88,6 +89,47 @@ def _quantization(builder, quant: Quantization) -> int:
     return tflite.QuantizationParametersEnd(builder)
 
 
+def _int32_vector(builder, values) -> int:
+    vector = builder.CreateNumpyVector(np.asarray(values, dtype=np.int32))
+    tflite.Int32VectorStart(builder)
+    tflite.Int32VectorAddValues(builder, vector)
+    return tflite.Int32VectorEnd(builder)
+
+
+def _csr(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(non-zero values row by row, row segments, column indices) of a 2-D array."""
+    rows, cols = np.nonzero(matrix)
+    segments = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=matrix.shape[0]))])
+    return matrix[rows, cols], segments, cols
+
+
+def _sparsity(builder, matrix: np.ndarray) -> int:
+    """SparsityParameters for TFLite's sparse encoding: traversal order (0, 1), dimension 0 DENSE,
+    dimension 1 SPARSE_CSR (segments and indices as Int32Vector)."""
+    _, segments, indices = _csr(matrix)
+    dims = []
+    for is_sparse in (False, True):
+        if is_sparse:
+            seg, idx = _int32_vector(builder, segments), _int32_vector(builder, indices)
+        tflite.DimensionMetadataStart(builder)
+        if is_sparse:
+            tflite.DimensionMetadataAddFormat(builder, tflite.DimensionType.SPARSE_CSR)
+            tflite.DimensionMetadataAddArraySegmentsType(builder, tflite.SparseIndexVector.Int32Vector)
+            tflite.DimensionMetadataAddArraySegments(builder, seg)
+            tflite.DimensionMetadataAddArrayIndicesType(builder, tflite.SparseIndexVector.Int32Vector)
+            tflite.DimensionMetadataAddArrayIndices(builder, idx)
+        else:
+            tflite.DimensionMetadataAddFormat(builder, tflite.DimensionType.DENSE)
+            tflite.DimensionMetadataAddDenseSize(builder, matrix.shape[0])
+        dims.append(tflite.DimensionMetadataEnd(builder))
+    order = builder.CreateNumpyVector(np.asarray([0, 1], dtype=np.int32))
+    dim_vector = _offset_vector(builder, dims)
+    tflite.SparsityParametersStart(builder)
+    tflite.SparsityParametersAddTraversalOrder(builder, order)
+    tflite.SparsityParametersAddDimMetadata(builder, dim_vector)
+    return tflite.SparsityParametersEnd(builder)
+
+
 def _options(builder, op: Operator) -> int:
     kind = op.options_type
     getattr(tflite, f"{kind}Start")(builder)
@@ -106,7 +148,8 @@ def serialize(graph: Graph) -> bytes:
         if tensor.data is None:
             tensor_buffer.append(0)
             continue
-        data = _byte_vector(builder, np.ascontiguousarray(tensor.data, dtype=tensor.dtype).tobytes())
+        values = _csr(tensor.data)[0] if tensor.sparse else tensor.data
+        data = _byte_vector(builder, np.ascontiguousarray(values, dtype=tensor.dtype).tobytes())
         tflite.BufferStart(builder)
         tflite.BufferAddData(builder, data)
         buffers.append(tflite.BufferEnd(builder))
@@ -117,6 +160,7 @@ def serialize(graph: Graph) -> bytes:
         name = builder.CreateString(tensor.name)
         shape = builder.CreateNumpyVector(np.asarray(tensor.shape, dtype=np.int32))
         quant = _quantization(builder, tensor.quantization) if tensor.quantization else None
+        sparsity = _sparsity(builder, tensor.data) if tensor.sparse else None
         tflite.TensorStart(builder)
         tflite.TensorAddShape(builder, shape)
         tflite.TensorAddType(builder, TENSOR_TYPES[tensor.dtype])
@@ -124,6 +168,8 @@ def serialize(graph: Graph) -> bytes:
         tflite.TensorAddName(builder, name)
         if quant is not None:
             tflite.TensorAddQuantization(builder, quant)
+        if sparsity is not None:
+            tflite.TensorAddSparsity(builder, sparsity)
         tensors.append(tflite.TensorEnd(builder))
 
     op_codes: list[tuple[str, int, str | None]] = []

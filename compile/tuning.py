@@ -175,9 +175,9 @@ def best_seconds(database, task) -> float | None:
 
 
 def _workload_key(task) -> str:
-    import tvm
+    import tvm_ffi
 
-    return str(tvm.ir.structural_hash(task.dispatched[0]) & (2**64 - 1))  # as the workload file writes it
+    return str(tvm_ffi.structural_hash(task.dispatched[0]) & (2**64 - 1))  # as the workload file writes it
 
 
 def trials_done(path: Path, database, task, limit: int) -> int:

@@ -180,3 +180,26 @@ def test_a_bug_of_ours_exits_3_and_says_what_to_report(capsys):
     assert stop.value.code == 3
     err = capsys.readouterr().err
     assert err.startswith("internal error: KeyError") and "bug in mnv2-edge" in err and "report" in err
+
+
+def test_sparse_weights_are_densified_not_refused(tmp_path):
+    """TFLite's sparsity encoding (TensorFlow's converter writes it with EXPERIMENTAL_SPARSITY): a
+    DENSIFY'd CSR weight stores fewer bytes than its shape; it builds and matches LiteRT."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(16, 24)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.7] = 0
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 24), "float32"))
+    sparse = graph.add_tensor(Tensor("w_sparse", (16, 24), "float32", weight, sparse=True))
+    dense = graph.add_tensor(Tensor("w", (16, 24), "float32"))
+    y = graph.add_tensor(Tensor("y", (1, 16), "float32"))
+    graph.operators = [Operator("DENSIFY", [sparse], [dense]),
+                       Operator("FULLY_CONNECTED", [x, dense, -1], [y], "FullyConnectedOptions",
+                                {"FusedActivationFunction": 0})]
+    graph.inputs, graph.outputs = [x], [y]
+    path = tmp_path / "sparse.tflite"
+    path.write_bytes(serialize(graph))
+    assert path.stat().st_size < weight.nbytes  # only the non-zero values are stored
+    result = run_cli("compile/build.py", "--target", "host", "--model", path, "--verify", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert ": OK: " in result.stdout

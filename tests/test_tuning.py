@@ -1,6 +1,7 @@
 """MetaSchedule tuning: task classification, local and RPC tuning, resume, and the build applying it."""
 
 import json
+import subprocess
 
 import pytest
 from conftest import run_cli
@@ -43,6 +44,18 @@ def test_repair_drops_a_line_cut_by_an_interrupt(tmp_path):
     assert (tmp_path / tuning.RECORD_FILE).read_text() == '[0, {"x": 1}]\n'
 
 
+def _function_sizes(library) -> dict[str, int]:
+    """Code size of each kernel in a built library (TVM exports kernel K as symbol __tvm_ffi_K)."""
+    listing = subprocess.run(["nm", "-S", "--defined-only", str(library)], capture_output=True, text=True,
+                             check=True).stdout
+    sizes = {}
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] == "T" and parts[3].startswith("__tvm_ffi_"):
+            sizes[parts[3].removeprefix("__tvm_ffi_")] = int(parts[1], 16)
+    return sizes
+
+
 def tune(tmp_path, model, *flags):
     return run_cli("compile/tune.py", "--model", model, "--tuning-log", tmp_path / "db", "--trials", "2",
                    "--kinds", "stem", *flags, timeout=900)
@@ -73,6 +86,17 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     assert manifest["tuning"]["tuned_tasks"] == 1 and manifest["tuning"]["tasks"] == 33
     assert len(manifest["tuning"]["untuned"]) == 32
     assert ": OK: " in built.stdout  # tuned code is still correct
+    # What the library holds, not what the manifest says: against an untuned build, the stem's kernel
+    # (the one tuned task) is other code, and the untuned kernels are the same code.
+    plain = run_cli("compile/build.py", "--target", "host", "--model", small_model, "--no-tuning",
+                    "--out", tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr
+    tuned_sizes = _function_sizes(tmp_path / "dist" / "host" / small_model.stem / "model.so")
+    plain_sizes = _function_sizes(tmp_path / "plain" / "host" / small_model.stem / "model.so")
+    stem = next(task.task_name for task, kind in tasks if kind == "stem")
+    assert tuned_sizes[stem] != plain_sizes[stem]
+    others = [task.task_name for task, kind in tasks if kind == "depthwise"]
+    assert all(tuned_sizes[name] == plain_sizes[name] for name in others)
 
 
 @pytest.mark.slow
