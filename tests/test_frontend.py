@@ -186,13 +186,13 @@ def test_sparse_weights_are_densified_not_refused(tmp_path):
     """TFLite's sparsity encoding (TensorFlow's converter writes it with EXPERIMENTAL_SPARSITY): a
     DENSIFY'd CSR weight stores fewer bytes than its shape; it builds and matches LiteRT."""
     rng = np.random.default_rng(0)
-    weight = rng.normal(size=(16, 24)).astype(np.float32)
-    weight[rng.random(weight.shape) < 0.7] = 0
+    weight = rng.normal(size=(64, 96)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.8] = 0
     graph = Graph()
-    x = graph.add_tensor(Tensor("x", (1, 24), "float32"))
-    sparse = graph.add_tensor(Tensor("w_sparse", (16, 24), "float32", weight, sparse=True))
-    dense = graph.add_tensor(Tensor("w", (16, 24), "float32"))
-    y = graph.add_tensor(Tensor("y", (1, 16), "float32"))
+    x = graph.add_tensor(Tensor("x", (1, 96), "float32"))
+    sparse = graph.add_tensor(Tensor("w_sparse", (64, 96), "float32", weight, sparse=True))
+    dense = graph.add_tensor(Tensor("w", (64, 96), "float32"))
+    y = graph.add_tensor(Tensor("y", (1, 64), "float32"))
     graph.operators = [Operator("DENSIFY", [sparse], [dense]),
                        Operator("FULLY_CONNECTED", [x, dense, -1], [y], "FullyConnectedOptions",
                                 {"FusedActivationFunction": 0})]
