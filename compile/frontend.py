@@ -256,7 +256,14 @@ def load_relax(path: str | Path, int8_lowering: str = "integer"):
         problems = integer_frontend.unsupported(model)
         if not problems:
             info.lowering = "integer"
-            return integer_frontend.from_quantized_tflite(model), info
+            try:
+                return integer_frontend.from_quantized_tflite(model), info
+            except integer_frontend.IntegerConversionError as err:
+                raise UserError(
+                    f"The integer int8 converter cannot take {path}: at {err}. The file's tensor shapes or "
+                    f"wiring do not hold together there (LiteRT recomputes shapes and may still run it); "
+                    f"re-export the model, or try --int8-lowering float."
+                ) from None
         info.lowering_note = ("the integer int8 path does not cover " + ", ".join(problems)
                               + "; it runs in float between dequantize and quantize (slower, not bit-exact)")
         warnings.warn(f"{path}: {info.lowering_note}.", stacklevel=2)

@@ -349,6 +349,20 @@ def unsupported(model: tflite.Model) -> list[str]:
     return sorted(problems)
 
 
+class IntegerConversionError(Exception):
+    """The file's ops are covered, but its shapes or wiring do not hold together (names the op)."""
+
+
+def _output_expr(conv, index: int):
+    """A model output: an op's result, or a stored constant (TFLite allows both)."""
+    if index in conv.exprs:
+        return conv.exprs[index]
+    tensor = conv.tensor(index)
+    if tensor.value is None:
+        raise IntegerConversionError(f"model output tensor {index} ({tensor.name}) is neither computed nor stored")
+    return _const(tensor.value, tensor.dtype)
+
+
 INEXACT_OPS = ("MEAN", "SOFTMAX")  # TFLite allows these 1 LSB between its own kernels
 
 
@@ -386,9 +400,13 @@ def from_quantized_tflite(model: tflite.Model, extra_outputs: tuple[int, ...] = 
                 op = sub.Operators(o)
                 inputs = [int(i) for i in op.InputsAsNumpy()]
                 outputs = [int(i) for i in op.OutputsAsNumpy()]
-                conv.exprs[outputs[0]] = CONVERTERS[op_name(model, op)](conv, op, inputs, outputs)
+                try:
+                    conv.exprs[outputs[0]] = CONVERTERS[op_name(model, op)](conv, op, inputs, outputs)
+                except Exception as err:  # noqa: BLE001 - shapes or wiring this file gets wrong
+                    raise IntegerConversionError(f"operator {o} ({op_name(model, op)}): {type(err).__name__}: "
+                                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}") from None
             wanted = [int(i) for i in sub.OutputsAsNumpy()] + list(extra_outputs)
-            results = [conv.exprs[i] for i in wanted]
+            results = [_output_expr(conv, i) for i in wanted]
             output = bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
         bb.emit_func_output(output)
     return bb.get()
