@@ -57,7 +57,8 @@ def activation_range(code: int, scale: float, zero_point: int, dtype: str) -> tu
 # ----- Relax expressions ------------------------------------------------------------------------
 
 
-def _const(value, dtype: str = "int64"):
+def const(value, dtype: str = "int64"):
+    """A Relax constant of exactly this dtype."""
     from tvm import relax
 
     return relax.const(np.asarray(value, dtype=dtype), dtype)  # without dtype, int64 becomes int32
@@ -79,22 +80,22 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding: bool
     x = op.astype(x, "int64")
     if single_rounding:
         total_shift = 31 - shift
-        product = op.multiply(x, _const(multiplier))
-        return op.right_shift(op.add(product, _const(np.left_shift(1, total_shift - 1))), _const(total_shift))
+        product = op.multiply(x, const(multiplier))
+        return op.right_shift(op.add(product, const(np.left_shift(1, total_shift - 1))), const(total_shift))
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     if left.any():
-        x = op.multiply(x, _const(np.left_shift(1, left)))
+        x = op.multiply(x, const(np.left_shift(1, left)))
     # gemmlowp's two roundings in sign-magnitude form, a third of the operations (each kernel's
     # epilogue, compiled and searched per tuning candidate). With s = sign(x):
     #   SaturatingRoundingDoublingHighMul(x, m) = s * ((|x| m + 2^30 - [x < 0]) >> 31)
     #   RoundingDivideByPOT(h, e) = s * ((|h| + 2^(e-1)) >> e), halves away from zero.
     # The saturating case (both INT32_MIN) cannot happen: multipliers are positive.
-    negative = op.less(x, _const(0))
-    magnitude = op.add(op.multiply(op.abs(x), _const(multiplier)),
-                       op.where(negative, _const((1 << 30) - 1), _const(1 << 30)))
-    high = op.right_shift(magnitude, _const(31))
+    negative = op.less(x, const(0))
+    magnitude = op.add(op.multiply(op.abs(x), const(multiplier)),
+                       op.where(negative, const((1 << 30) - 1), const(1 << 30)))
+    high = op.right_shift(magnitude, const(31))
     half = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
-    rounded = op.right_shift(op.add(high, _const(half)), _const(right)) if right.any() else high
+    rounded = op.right_shift(op.add(high, const(half)), const(right)) if right.any() else high
     return op.where(negative, op.negative(rounded), rounded)
 
 
@@ -102,7 +103,7 @@ def clamp_cast(x, low: int, high: int, dtype: str, x_dtype: str = "int64"):
     """Clamp an integer Relax tensor of x_dtype to [low, high] and cast it (the activation's clamp)."""
     from tvm import relax
 
-    clamped = relax.op.minimum(relax.op.maximum(x, _const(low, x_dtype)), _const(high, x_dtype))
+    clamped = relax.op.minimum(relax.op.maximum(x, const(low, x_dtype)), const(high, x_dtype))
     return relax.op.astype(clamped, dtype)
 
 

@@ -28,7 +28,7 @@ import tflite
 
 from compile import fixed_point
 from compile.frontend import builtin_options, op_name, tensor_dtype
-from compile.fixed_point import activation_range, multiply_by_quantized_multiplier, quantize_multiplier
+from compile.fixed_point import activation_range, const, multiply_by_quantized_multiplier, quantize_multiplier
 from compile.float64_reference import padding
 
 ACTIVATIONS = ("int8", "uint8")
@@ -88,20 +88,14 @@ class _Converter:
 # ----- converters --------------------------------------------------------------------------------
 
 
-def _const(value, dtype: str):
-    from tvm import relax
-
-    return relax.const(np.asarray(value, dtype=dtype), dtype)  # without dtype, int64 becomes int32
-
-
 def _requantize_to_output(conv, acc, bias: np.ndarray, multipliers, shifts, out: QTensor, activation: int,
                           single_rounding: bool = False):
     """int32 accumulator + folded bias -> requantized, clamped int8 output (per output channel)."""
     from tvm import relax
 
-    acc = relax.op.add(acc, _const(bias, "int32"))
+    acc = relax.op.add(acc, const(bias, "int32"))
     scaled = multiply_by_quantized_multiplier(acc, multipliers, shifts, single_rounding)
-    shifted = relax.op.add(scaled, _const(int(out.zero_point[0]), "int64"))
+    shifted = relax.op.add(scaled, const(int(out.zero_point[0]), "int64"))
     low, high = activation_range(activation, float(out.scale[0]), int(out.zero_point[0]), out.dtype)
     return conv.emit(fixed_point.clamp_cast(shifted, low, high, out.dtype))
 
@@ -154,7 +148,7 @@ def convert_conv(conv, op, inputs, outputs, depthwise: bool):
         channels = w.shape[0]  # OHWI -> HWIO, the layout TVM's own TFLite import uses for NHWC
         kernel_value, layout, groups = w.value.transpose(1, 2, 3, 0), "HWIO", 1
         sums = weight.sum(axis=(1, 2, 3))
-    acc = conv.emit(relax.op.nn.conv2d(data, _const(kernel_value, "int8"), strides=stride, padding=0,
+    acc = conv.emit(relax.op.nn.conv2d(data, const(kernel_value, "int8"), strides=stride, padding=0,
                                        dilation=dilation, groups=groups, data_layout="NHWC",
                                        kernel_layout=layout, out_dtype="int32"))
     multipliers, shifts = _channel_multipliers(x, w, out, channels)
@@ -169,7 +163,7 @@ def convert_fully_connected(conv, op, inputs, outputs):
     bias = conv.tensor(inputs[2]) if len(inputs) > 2 and inputs[2] >= 0 else None
     opts = builtin_options(op, tflite.FullyConnectedOptions)
     data = conv.emit(relax.op.reshape(conv.expr(inputs[0]), (-1, w.shape[1])))
-    acc = conv.emit(relax.op.matmul(data, _const(w.value.T, "int8"), out_dtype="int32"))
+    acc = conv.emit(relax.op.matmul(data, const(w.value.T, "int8"), out_dtype="int32"))
     if w.scale.size > 1:
         multipliers, shifts = _channel_multipliers(x, w, out, w.shape[0])
     else:  # GetQuantizedConvolutionMultipler: the scales' product in float, then / output in double
@@ -194,15 +188,15 @@ def convert_add(conv, op, inputs, outputs):
     for tensor, index in ((a, inputs[0]), (b, inputs[1])):
         m, s = quantize_multiplier(float(tensor.scale[0]) / twice_max)
         shifted = relax.op.multiply(relax.op.subtract(relax.op.astype(conv.expr(index), "int64"),
-                                                      _const(int(tensor.zero_point[0]), "int64")),
-                                    _const(1 << left_shift, "int64"))
+                                                      const(int(tensor.zero_point[0]), "int64")),
+                                    const(1 << left_shift, "int64"))
         scaled.append(multiply_by_quantized_multiplier(shifted, m, s))
     m, s = quantize_multiplier(twice_max / output_denominator)
     raw = multiply_by_quantized_multiplier(relax.op.add(*scaled), m, s)
     opts = builtin_options(op, tflite.AddOptions)
     low, high = activation_range(opts.FusedActivationFunction() if opts else 0, float(out.scale[0]),
                                  int(out.zero_point[0]), out.dtype)
-    return conv.emit(fixed_point.clamp_cast(relax.op.add(raw, _const(int(out.zero_point[0]), "int64")),
+    return conv.emit(fixed_point.clamp_cast(relax.op.add(raw, const(int(out.zero_point[0]), "int64")),
                                             low, high, out.dtype))
 
 
@@ -210,8 +204,8 @@ def _to_quantized(conv, real_expr, out: QTensor, dtype: str = "float64"):
     """round(real / scale) + zero point, clamped to the output type (TFLite's affine quantize)."""
     from tvm import relax
 
-    q = fixed_point.round_half_away_expr(relax.op.divide(real_expr, _const(float(out.scale[0]), dtype)), dtype)
-    q = relax.op.add(relax.op.astype(q, "int64"), _const(int(out.zero_point[0]), "int64"))
+    q = fixed_point.round_half_away_expr(relax.op.divide(real_expr, const(float(out.scale[0]), dtype)), dtype)
+    q = relax.op.add(relax.op.astype(q, "int64"), const(int(out.zero_point[0]), "int64"))
     low, high = fixed_point.INT_RANGES[out.dtype]
     return conv.emit(fixed_point.clamp_cast(q, low, high, out.dtype))
 
@@ -219,8 +213,8 @@ def _to_quantized(conv, real_expr, out: QTensor, dtype: str = "float64"):
 def _dequantized(conv, index: int, tensor: QTensor, dtype: str = "float64"):
     from tvm import relax
 
-    centered = relax.op.subtract(relax.op.astype(conv.expr(index), dtype), _const(float(tensor.zero_point[0]), dtype))
-    return relax.op.multiply(centered, _const(float(tensor.scale[0]), dtype))
+    centered = relax.op.subtract(relax.op.astype(conv.expr(index), dtype), const(float(tensor.zero_point[0]), dtype))
+    return relax.op.multiply(centered, const(float(tensor.scale[0]), dtype))
 
 
 def convert_mean(conv, op, inputs, outputs):
@@ -237,9 +231,9 @@ def convert_mean(conv, op, inputs, outputs):
     multiplier, shift = (multiplier << fold) // count, shift - fold
     total = relax.op.sum(relax.op.astype(conv.expr(inputs[0]), "int32"), axis=axis,
                          keepdims=bool(opts and opts.KeepDims()))
-    centered = relax.op.subtract(total, _const(int(x.zero_point[0]) * count, "int32"))
+    centered = relax.op.subtract(total, const(int(x.zero_point[0]) * count, "int32"))
     y = relax.op.add(multiply_by_quantized_multiplier(centered, multiplier, shift),
-                     _const(int(out.zero_point[0]), "int64"))
+                     const(int(out.zero_point[0]), "int64"))
     low, high = fixed_point.INT_RANGES[out.dtype]
     return conv.emit(fixed_point.clamp_cast(y, low, high, out.dtype))
 
@@ -249,7 +243,7 @@ def convert_softmax(conv, op, inputs, outputs):
 
     x, out = conv.tensor(inputs[0]), conv.tensor(outputs[0])
     opts = builtin_options(op, tflite.SoftmaxOptions)
-    logits = relax.op.multiply(_dequantized(conv, inputs[0], x), _const(opts.Beta() if opts else 1.0, "float64"))
+    logits = relax.op.multiply(_dequantized(conv, inputs[0], x), const(opts.Beta() if opts else 1.0, "float64"))
     return _to_quantized(conv, relax.op.nn.softmax(logits, axis=-1), out)
 
 
@@ -261,8 +255,8 @@ def convert_quantize(conv, op, inputs, outputs):
         return _to_quantized(conv, conv.expr(inputs[0]), out, dtype="float32")
     # Requantize: MultiplyByQuantizedMultiplier(x - zp_in, in_scale / out_scale) + zp_out.
     m, s = quantize_multiplier(float(x.scale[0]) / float(out.scale[0]))
-    centered = relax.op.subtract(relax.op.astype(conv.expr(inputs[0]), "int64"), _const(int(x.zero_point[0]), "int64"))
-    y = relax.op.add(multiply_by_quantized_multiplier(centered, m, s), _const(int(out.zero_point[0]), "int64"))
+    centered = relax.op.subtract(relax.op.astype(conv.expr(inputs[0]), "int64"), const(int(x.zero_point[0]), "int64"))
+    y = relax.op.add(multiply_by_quantized_multiplier(centered, m, s), const(int(out.zero_point[0]), "int64"))
     low, high = fixed_point.INT_RANGES[out.dtype]
     return conv.emit(fixed_point.clamp_cast(y, low, high, out.dtype))
 
@@ -360,7 +354,7 @@ def _output_expr(conv, index: int):
     tensor = conv.tensor(index)
     if tensor.value is None:
         raise IntegerConversionError(f"model output tensor {index} ({tensor.name}) is neither computed nor stored")
-    return _const(tensor.value, tensor.dtype)
+    return const(tensor.value, tensor.dtype)
 
 
 INEXACT_OPS = ("MEAN", "SOFTMAX")  # TFLite allows these 1 LSB between its own kernels
