@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compile import frontend, toolchain
+from compile import default_schedules, frontend, toolchain
 from compile.errors import UserError
 from compile.variants import Variant
 from targets.profiles import Profile
@@ -49,15 +49,26 @@ class ModelSource:
 
 
 def compile_relax(mod, profile: Profile, tuning=None):
-    """Compile a Relax module for a profile; with a tuning database, its schedules are applied."""
+    """Compile a Relax module for a profile: (executable, schedules). On a CPU every kernel gets its
+    tuned record from the database or else its default schedule by rule; schedules maps each kernel
+    to "tuned", the rule's name, or "none" (left as TVM lowers it)."""
+    import contextlib
+
     import tvm
     from tvm import relax
 
     target = profile.tvm_target()
-    if tuning is not None:
-        return tuning.compile(mod, target)
-    with target:
-        return tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+    if profile.is_gpu:  # TVM's own GPU flow: dlight rules for untuned kernels
+        if tuning is not None:
+            return tuning.compile(mod, target), {}
+        with target:
+            return tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target)), {}
+    database = tuning.prepare(mod, target) if tuning is not None else None
+    applied: dict[str, str] = {}
+    with target, (database if database is not None else contextlib.nullcontext()), \
+            tvm.transform.PassContext(opt_level=3):
+        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, database, applied))
+    return executable, applied
 
 
 def opencl_source(executable) -> str:
@@ -78,13 +89,26 @@ def kernel_names(source: str) -> list[str]:
     return re.findall(r"^// Function: (\w+)", source, flags=re.MULTILINE)
 
 
-def tuning_line(tuning, profile: Profile) -> str:
+def tuning_line(tuning, profile: Profile, schedules: dict[str, str]) -> str:
     """What the build's kernels got, in one line: never untuned code in silence."""
-    if tuning is None:
-        return (f"none: no tuning database applied for {profile.name}, so every kernel is untuned (on x86 "
-                f"10-30x slower than tuned code). Tune with `python compile/tune.py --target {profile.name}`.")
-    summary = tuning.summary()
-    return f"{summary.get('tuned_tasks')}/{summary.get('tasks')} tasks from the database {tuning.path}"
+    if profile.is_gpu:
+        source = "none: no tuning database" if tuning is None else \
+            f"{tuning.summary().get('tuned_tasks')}/{tuning.summary().get('tasks')} tasks from the database {tuning.path}"
+        return f"{source}; the other kernels get TVM's dlight GPU schedules for {profile.name}"
+    counts: dict[str, int] = {}
+    for how in schedules.values():
+        counts[how] = counts.get(how, 0) + 1
+    rules = ", ".join(f"{rule} {n}" for rule, n in sorted(counts.items()) if rule not in ("tuned", "none"))
+    defaulted = sum(n for rule, n in counts.items() if rule not in ("tuned", "none"))
+    head = (f"none for {profile.name}" if tuning is None else
+            f"{counts.get('tuned', 0)}/{len(schedules)} kernels from the database {tuning.path}")
+    line = f"{head}; {defaulted}/{len(schedules)} kernels got default schedules by rule ({rules or '-'})"
+    if counts.get("none"):
+        naive = sorted(name for name, how in schedules.items() if how == "none")
+        line += f"; {len(naive)} left unscheduled (slow): {', '.join(naive[:5])}"
+    if tuning is None or counts.get("tuned", 0) < len(schedules):
+        line += f". Tuning can make them faster: `python compile/tune.py --target {profile.name}`"
+    return line
 
 
 def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print,
@@ -102,7 +126,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     fcompile = toolchain.fcompile_for(profile)  # fail on a missing toolchain before compiling
     progress(f"[compile] {source.name} for {profile.name} ({profile.tvm_target().kind.name})")
     try:
-        executable = compile_relax(mod, profile, tuning)
+        executable, schedules = compile_relax(mod, profile, tuning)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - a failure inside TVM's compiler on this model
@@ -111,7 +135,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
             f"{frontend._last_line(err)}). Try --no-tuning (a tuning record that no longer fits) or "
             f"another target; if it persists, report the model and target to Apache TVM."
         ) from None
-    progress(f"[tuning] {tuning_line(tuning, profile)}")
+    progress(f"[tuning] {tuning_line(tuning, profile, schedules)}")
     kernels = None
     if profile.is_gpu:
         kernels = opencl_source(executable)
@@ -158,6 +182,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
                    "tvm": str(profile.tvm_target())},
         "tvm_version": tvm.__version__,
         "tuning": tuning.summary() if tuning is not None else {"database": None, "tasks": None, "tuned_tasks": 0},
+        "schedules": schedules,  # kernel -> "tuned", the default rule that scheduled it, or "none"
         "build_seconds": round(time.perf_counter() - started, 3),
         "library": {"file": LIBRARY, "machine": machine, "size_bytes": library.stat().st_size,
                     "sha256": sha256_file(library)},

@@ -20,9 +20,8 @@ def has_database(path: Path) -> bool:
     return (Path(path) / WORKLOAD_FILE).is_file()
 
 
-def fuse(mod, target):
-    """Legalize and fuse as the build does, so task keys match what the build later looks up."""
-    import tvm
+def fusion_passes(target) -> list:
+    """Legalize and fuse: the build and task extraction run these same passes, so task keys match."""
     from tvm import relax
     from tvm.relax import pipeline
 
@@ -30,16 +29,21 @@ def fuse(mod, target):
         dispatch = pipeline.library_dispatch_passes(target)
     except (ValueError, AttributeError):
         dispatch = []
-    seq = tvm.transform.Sequential([
+    return [
         *dispatch,
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
-    ])
+    ]
+
+
+def fuse(mod, target):
+    import tvm
+
     with target, tvm.transform.PassContext(opt_level=3):
-        return seq(mod)
+        return tvm.transform.Sequential(fusion_passes(target))(mod)
 
 
 def classify(task) -> str:
@@ -111,9 +115,9 @@ class TuningDatabase:
             (tuned if hit else untuned).append(f"{task.task_name} ({classify(task)})")
         return tuned, untuned
 
-    def compile(self, mod, target):
-        from tvm.s_tir import meta_schedule as ms
-
+    def prepare(self, mod, target):
+        """Open the database for a build of mod, note its coverage for the manifest, and say which
+        tasks it leaves to default schedules; return the database to apply."""
         database = self.open()
         tuned, untuned = self.coverage(mod, target, database)
         self._last_summary = {
@@ -127,10 +131,16 @@ class TuningDatabase:
             shown = ", ".join(untuned[:8]) + (f" and {len(untuned) - 8} more (see the manifest)" if len(untuned) > 8 else "")
             warnings.warn(
                 f"{len(untuned)} of {len(tuned) + len(untuned)} tasks have no tuned record in {self.path} "
-                f"and run untuned: {shown}. Tune them with compile/tune.py.",
+                f"and get default schedules: {shown}. Tune them with compile/tune.py.",
                 stacklevel=2,
             )
-        return ms.relax_integration.compile_relax(database, mod, target, params=None)
+        return database
+
+    def compile(self, mod, target):
+        """MetaSchedule's own compile (GPU targets: their untuned kernels get TVM's dlight rules)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.relax_integration.compile_relax(self.prepare(mod, target), mod, target, params=None)
 
     def summary(self) -> dict:
         return self._last_summary or {"database": str(self.path), "fingerprint": self.fingerprint()}

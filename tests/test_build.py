@@ -8,7 +8,9 @@ import subprocess
 import pytest
 from conftest import assert_clean_error, run_cli
 
+from compile import tuning
 from compile.artifact import elf_machine, kernel_names
+from compile.frontend import load_relax
 from targets.profiles import load_profile, profile_names
 
 REQUIRED_PROFILES = {"arm_cpu", "rasp4b", "rasp3b", "rk3399", "android-arm64", "mali", "adreno", "host"}
@@ -50,7 +52,7 @@ def build(tmp_path, *flags):
 def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
     result = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
     assert "[compile]" in result.stdout and "[done]" in result.stdout  # a progress line per stage
-    assert "[tuning] none" in result.stdout and "untuned" in result.stdout  # never untuned in silence
+    assert "[tuning] none" in result.stdout and "default schedules by rule" in result.stdout  # never in silence
     out = tmp_path / "arm_cpu" / "mnv2_1_224_float32"
     assert elf_machine(out / "model.so") == "aarch64"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -65,6 +67,14 @@ def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
     assert manifest["library"]["size_bytes"] == (out / "model.so").stat().st_size
     assert len(manifest["model"]["sha256"]) == 64 and manifest["tvm_version"].startswith("0.27")
     assert {"database", "tasks", "tuned_tasks"} <= set(manifest["tuning"])
+    # Each kernel got the rule of its kind, as the tuner classifies kernels (by the weight's shape).
+    tasks = tuning.classified_tasks(load_relax(out / "model.tflite")[0], load_profile("arm_cpu").tvm_target())
+    rule_of_kind = {"pointwise": "Pointwise", "depthwise": "Depthwise", "stem": "DirectConv"}
+    assert len(manifest["schedules"]) == len(tasks) == 33
+    for task, kind in tasks:
+        assert manifest["schedules"][task.task_name] == rule_of_kind.get(kind, manifest["schedules"][task.task_name])
+    assert sorted(set(manifest["schedules"].values())) == ["Dense", "Depthwise", "DirectConv", "Elementwise",
+                                                            "Pointwise", "Pooling"]
     again = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
     assert "[skip]" in again.stdout  # dist/ is reused
 
@@ -72,8 +82,8 @@ def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("target,machine", [("rasp3b", "arm"), ("rasp4b", "aarch64"), ("rk3399", "aarch64")])
 def test_board_targets_link_for_their_architecture(target, machine, tmp_path):
-    build(tmp_path, "--target", target, "--width", "0.35", "--res", "96", "--dtype", "int8")
-    assert elf_machine(tmp_path / target / "mnv2_0.35_96_int8" / "model.so") == machine
+    build(tmp_path, "--target", target, "--width", "0.35", "--res", "96")
+    assert elf_machine(tmp_path / target / "mnv2_0.35_96_float32" / "model.so") == machine
 
 
 def _dynamic_section(library) -> str:

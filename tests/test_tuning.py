@@ -81,10 +81,14 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     built = run_cli("compile/build.py", "--target", "host", "--model", small_model, "--tuning-log", tmp_path / "db",
                     "--out", tmp_path / "dist", "--verify")
     assert built.returncode == 0, built.stderr
-    assert "untuned" in built.stderr  # the warning names the tasks still untuned
+    assert "get default schedules" in built.stderr  # the warning names the tasks without a record
+    assert "1/33 kernels from the database" in built.stdout
     manifest = json.loads((tmp_path / "dist" / "host" / small_model.stem / "manifest.json").read_text())
     assert manifest["tuning"]["tuned_tasks"] == 1 and manifest["tuning"]["tasks"] == 33
     assert len(manifest["tuning"]["untuned"]) == 32
+    stem_task = next(task.task_name for task, kind in tasks if kind == "stem")
+    assert manifest["schedules"][stem_task] == "tuned"
+    assert sum(how == "tuned" for how in manifest["schedules"].values()) == 1
     assert ": OK: " in built.stdout  # tuned code is still correct
     # What the library holds, not what the manifest says: against an untuned build, the stem's kernel
     # (the one tuned task) is other code, and the untuned kernels are the same code.

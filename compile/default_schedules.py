@@ -1,0 +1,386 @@
+"""Default CPU schedules: what a kernel without a tuning record gets, chosen by rule for its kind.
+
+Untuned TVM code is a plain loop nest (no threads, no vectors): 20-30x slower than XNNPACK. These rules
+follow TVM's dlight design (one `ScheduleRule` per kind of kernel, parametrized by the target, applied
+by `ApplyDefaultSchedule` to every PrimFunc that a tuning database did not schedule) and the classic
+CPU recipe that TOPI's x86/arm_cpu NHWC schedules and XNNPACK's micro-kernels share: output channels in
+vector registers, a few output pixels per register block, the reduction streamed through them, rows
+in parallel, and the fused epilogue (bias, ReLU6, residual add, int8 requantization) computed on the
+register block while it is hot. The target gives the vector width, the register file and the cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPATIAL, REDUCE = 0, 2  # tirx.IterVar kinds
+
+
+@dataclass(frozen=True)
+class CPUShape:
+    """What a rule needs from a CPU target."""
+
+    vector_bits: int  # widest SIMD register: 512 AVX-512, 256 AVX2, 128 NEON/SSE
+    registers: int  # SIMD registers: 32 on AArch64 and AVX-512, 16 on AVX2 and ARMv7 NEON
+    cores: int
+    int8_dot: bool = False  # ARMv8.2 sdot/udot: four int8 products summed into each int32 lane
+
+    @classmethod
+    def of(cls, target) -> "CPUShape":
+        from tvm.target import codegen
+
+        # From the CPU's features: TVM 0.27's llvm_get_vector_width answers 512 for haswell and x86-64.
+        features = codegen.llvm_get_cpu_features(target)
+        bits = 512 if "avx512f" in features else 256 if "avx" in features else 128
+        triple = str(target.attrs.get("mtriple", "") or "")
+        aarch64 = triple.startswith("aarch64") or bool(target.attrs.get("feature.is_aarch64", False))
+        registers = 32 if (aarch64 or bits >= 512) else 16
+        return cls(vector_bits=bits, registers=registers, cores=int(target.attrs.get("num-cores", 1) or 1),
+                   int8_dot=bool(target.attrs.get("feature.has_dotprod", False)))
+
+    def lanes(self, dtype_bits: int) -> int:
+        return max(1, self.vector_bits // dtype_bits)
+
+
+def _largest_divisor(n: int, limit: int, multiple_of: int = 1) -> int:
+    """The largest divisor of n that is <= limit and a multiple of multiple_of (1 when none is)."""
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0 and d % multiple_of == 0:
+            return d
+    return 1
+
+
+def _iter_kinds(sch, block) -> str:
+    return "".join("S" if iv.iter_type == SPATIAL else "R" if iv.iter_type == REDUCE else "?"
+                   for iv in sch.get(block).iter_vars)
+
+
+def _extents(sch, loops) -> list[int] | None:
+    try:
+        return [int(sch.get(loop).extent) for loop in loops]
+    except (TypeError, ValueError):
+        return None  # a symbolic extent: leave the kernel to TVM's own lowering
+
+
+def _try(step) -> bool:
+    """Run one schedule primitive; False when TVM refuses it (the kernel keeps its previous form)."""
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        step()
+        return True
+    except (ScheduleError, ValueError, RuntimeError):
+        return False
+
+
+def schedule_elementwise(sch, block, shape: CPUShape) -> None:
+    """Any loop nest without a reduction (pad, requantize, reshape+cast): the innermost (contiguous)
+    axis in vectors, the loops outside it fused and split over the cores."""
+    loops = sch.get_loops(block)
+    extents = _extents(sch, loops)
+    if not loops or extents is None or "R" in _iter_kinds(sch, block) or len(loops) != len(extents):
+        return
+    lanes = shape.lanes(sch.get(block).writes[0].source.dtype.bits)
+    *outer, inner = loops
+    if extents[-1] > 4 * lanes and extents[-1] % lanes == 0:
+        chunk, inner = sch.split(inner, [None, lanes])
+        outer.append(chunk)
+    if outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if int(sch.get(fused).extent) >= 2:
+            sch.parallel(fused)
+    _try(lambda: sch.vectorize(inner))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """A register block for a reduction kernel: c_inner output channels (in vectors) x w_inner output
+    positions; the rest of the spatial loops run in parallel."""
+
+    max_pixel_block: int  # output positions per register block (1 for pooling and dense rows)
+    vector_blocks: int  # vectors of output channels per register block
+
+
+def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
+    """Tile a block with spatial loops first, reductions last, whose last spatial loop is the
+    innermost (contiguous) axis of its output: conv2d/depthwise NHWC, dense, pooling."""
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    extents = _extents(sch, loops)
+    n_spatial = kinds.count("S")
+    if (extents is None or len(loops) != len(kinds) or "?" in kinds or n_spatial == 0
+            or kinds != "S" * n_spatial + "R" * (len(kinds) - n_spatial)):
+        return False
+    accumulator_bits = sch.get(block).writes[0].source.dtype.bits
+    lanes = shape.lanes(accumulator_bits)
+
+    for producer in sch.get_producers(block):  # padding: read through it, no padded copy
+        _try(lambda p=producer: sch.compute_inline(p))
+    # With sdot, the int8 reduction stays innermost: LLVM vectorizes it into dot products (four
+    # consecutive input channels per int32 lane), which vectorizing the output channels would prevent.
+    dot_product = shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
+    epilogue = _epilogue(sch, block)
+
+    spatial, reduction = loops[:n_spatial], loops[n_spatial:]
+    channels = extents[n_spatial - 1]
+    # Whole vectors, or one narrower power-of-two register: a 24-wide block is 1.5 AVX-512 vectors
+    # and compiles to a slow mix; 8 (a 256-bit half) is fast.
+    widths = [lanes * tiling.vector_blocks >> k for k in range(8) if (lanes * tiling.vector_blocks >> k) >= 1]
+    c_inner = next((w for w in widths if channels % w == 0), 1)
+    vectors = -(-c_inner // lanes)
+    budget = max(1, (shape.registers - 4) // vectors)
+    c_outer, c_in = sch.split(spatial[-1], [None, c_inner])
+    if n_spatial >= 2 and tiling.max_pixel_block > 1:
+        w_inner = _largest_divisor(extents[n_spatial - 2], min(budget, tiling.max_pixel_block))
+        w_outer, w_in = sch.split(spatial[-2], [None, w_inner])
+        outer = [*spatial[:-2], w_outer]
+        register_block = [w_in, c_in]
+    else:
+        outer = list(spatial[:-1])
+        register_block = [c_in]
+    if dot_product:
+        sch.reorder(*outer, c_outer, *register_block, *reduction)
+    else:
+        sch.reorder(*outer, c_outer, *reduction, *register_block)
+    outer_extent = 1
+    for loop in outer:
+        outer_extent *= int(sch.get(loop).extent)
+    if outer_extent >= 2 * shape.cores or (outer_extent > 1 and channels // c_inner < 2):
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    elif channels // c_inner >= 2:  # one row (dense, pooling): the channel blocks are the parallel work
+        sch.parallel(c_outer)
+
+    if not dot_product:
+        if len(register_block) == 2:
+            sch.unroll(register_block[0])
+        sch.vectorize(register_block[-1])  # before decompose_reduction: TVM refuses it on the update alone
+    if reduction:
+        init = sch.decompose_reduction(block, reduction[0])
+        _vectorize_innermost(sch, init)
+    # Blocks that read the reduction's result go after it on each register block, in order; blocks
+    # that do not (the other input of a residual add, rescaled) go before it, for the same tile only.
+    name = lambda b: sch.get(b).name_hint  # noqa: E731
+    downstream = {name(block)}
+    for stage in epilogue:
+        if any(name(p) in downstream for p in sch.get_producers(stage)):
+            downstream.add(name(stage))
+    placed = set()
+    for stage in epilogue:
+        # A trailing pad (int8 pads with the zero point, so it is not folded into the next conv) has a
+        # border that no tile computes: it stays a loop of its own, with the stages it reads.
+        if name(stage) in downstream and _same_shape_output(sch, block, stage) and \
+                _try(lambda s=stage: sch.reverse_compute_at(s, c_outer)):
+            placed.add(name(stage))
+            _vectorize_innermost(sch, stage)
+    for stage in reversed(epilogue):
+        if name(stage) not in downstream and _try(lambda s=stage: sch.compute_at(s, c_outer)):
+            placed.add(name(stage))
+            _vectorize_innermost(sch, stage)
+    for stage in epilogue:
+        if name(stage) not in placed:
+            schedule_elementwise(sch, stage, shape)
+    return True
+
+
+def _same_shape_output(sch, block, epilogue) -> bool:
+    """An epilogue that writes exactly the reduction's shape (a trailing pad does not: its border
+    does not come from the reduction, so it cannot be computed inside the reduction's tiles)."""
+    shape_of = lambda b: [int(d) for d in sch.get(b).writes[0].source.shape]  # noqa: E731
+    return shape_of(block) == shape_of(epilogue)
+
+
+def _epilogue(sch, block) -> list:
+    """The element-wise blocks after the reduction, in order, each to be computed on the reduction's
+    register block. A block read once by a single consumer is inlined into it; one read several times
+    (requantization reuses signs and magnitudes) keeps its own loop, since inlining would copy its
+    expression into every use."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    after = blocks[names.index(sch.get(block).name_hint) + 1:]
+    kept = []
+    for candidate in after:
+        consumers = sch.get_consumers(candidate)
+        buffer = sch.get(candidate).writes[0].source
+        if len(consumers) == 1 and _loads_of(sch.get(consumers[0]), buffer) == 1 and \
+                _try(lambda c=candidate: sch.compute_inline(c)):
+            continue
+        kept.append(candidate)
+    return kept
+
+
+def _loads_of(consumer, buffer) -> int:
+    """How often the consumer's computation reads the buffer (counted in its printed body)."""
+    import re
+
+    return len(re.findall(rf"(?<![\w.]){re.escape(buffer.name)}\[", str(consumer.body)))
+
+
+def _vectorize_innermost(sch, block) -> None:
+    loops = sch.get_loops(block)
+    if loops:
+        _try(lambda: sch.vectorize(loops[-1]))
+
+
+# ----- the rules: one per kind of kernel --------------------------------------------------------
+
+
+def _kernel_kind(sch, block) -> str:
+    """pointwise, depthwise, conv, dense or pooling, from what the reduction block reads (NHWC data
+    with HWIO weights: 1x1 pointwise, HWOI with O=1 depthwise; a 2-D weight is a dense layer)."""
+    reads = [r.source for r in sch.get(block).reads]
+    if len(reads) == 1:
+        return "pooling"
+    weight = reads[1].shape
+    if len(weight) == 2:
+        return "dense"
+    if len(weight) != 4:
+        return "other"
+    kh, kw, cin, cout = (int(d) for d in weight)
+    if (kh, kw) == (1, 1):
+        return "pointwise"
+    return "depthwise" if cout == 1 and cin > 1 else "conv"
+
+
+def _reduction_blocks(sch) -> list:
+    return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "R" in _iter_kinds(sch, b)]
+
+
+def _cpu_rule_base():
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+    return CPUScheduleRule
+
+
+def make_rules() -> list:
+    """The rules in the order ApplyDefaultSchedule tries them (the first that applies wins)."""
+    from tvm import s_tir
+
+    base = _cpu_rule_base()
+
+    class ReductionKernel(base):
+        """One reduction block (conv, depthwise, dense, pooling) with its fused element-wise epilogue."""
+
+        kinds: tuple[str, ...] = ()
+        tiling: Tiling
+
+        def apply(self, func, target, tunable):
+            if not self.is_target_available(target):
+                return None
+            sch = s_tir.Schedule(func)
+            reductions = _reduction_blocks(sch)
+            if len(reductions) != 1 or _kernel_kind(sch, reductions[0]) not in self.kinds:
+                return None
+            if not schedule_reduction(sch, reductions[0], CPUShape.of(target), self.tiling):
+                return None
+            for block in sch.get_child_blocks(sch.get_sblock("root")):
+                if "R" not in _iter_kinds(sch, block) and not _is_scheduled_loop(sch, block):
+                    schedule_elementwise(sch, block, CPUShape.of(target))
+            return sch
+
+    class Pointwise(ReductionKernel):
+        """1x1 conv = GEMM: the weight row of 2 vectors of output channels is reused by up to 8 pixels."""
+
+        kinds = ("pointwise",)
+        tiling = Tiling(max_pixel_block=8, vector_blocks=2)
+
+    class Depthwise(ReductionKernel):
+        """3x3 depthwise: 9 taps of one channel vector; few pixels per block (each tap is a load)."""
+
+        kinds = ("depthwise",)
+        tiling = Tiling(max_pixel_block=4, vector_blocks=1)
+
+    class DirectConv(ReductionKernel):
+        """A full conv over few input channels (the 3x3 stem over RGB)."""
+
+        kinds = ("conv",)
+        tiling = Tiling(max_pixel_block=8, vector_blocks=2)
+
+    class Dense(ReductionKernel):
+        """Fully connected, one row: output features in vectors, the blocks split over the cores."""
+
+        kinds = ("dense",)
+        tiling = Tiling(max_pixel_block=1, vector_blocks=2)
+
+    class Pooling(ReductionKernel):
+        """Global mean / sum over H x W: channels in vectors."""
+
+        kinds = ("pooling",)
+        tiling = Tiling(max_pixel_block=1, vector_blocks=1)
+
+    class Elementwise(base):
+        """No reduction (pad, requantize, reshape, cast): flat, parallel, vectorized. Functions with
+        several reductions (softmax over 1000 classes, microseconds) get their element-wise blocks so."""
+
+        def apply(self, func, target, tunable):
+            if not self.is_target_available(target):
+                return None
+            sch = s_tir.Schedule(func)
+            shape = CPUShape.of(target)
+            for block in sch.get_child_blocks(sch.get_sblock("root")):
+                schedule_elementwise(sch, block, shape)
+            return sch
+
+    return [Pointwise(), Depthwise(), DirectConv(), Dense(), Pooling(), Elementwise()]
+
+
+def _is_scheduled_loop(sch, block) -> bool:
+    """A block already placed under a parallel or vectorized loop by an earlier step."""
+    from tvm import tirx
+
+    return any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in sch.get_loops(block))
+
+
+def apply_pass(applied: dict | None = None):
+    """The Relax pass: a default schedule for every PrimFunc not scheduled yet (tuned ones keep theirs).
+    `applied` receives kernel name -> "tuned", the rule's name, or "none" where no rule applies."""
+    import tvm
+    from tvm import tirx
+
+    rules = make_rules()
+
+    @tvm.transform.module_pass(opt_level=0, name="mnv2.DefaultSchedules")
+    def apply_rules(mod, _ctx):
+        updated = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs.get("tirx.is_scheduled", False):  # a tuned record was applied
+                if applied is not None:
+                    applied[gvar.name_hint] = "tuned"
+                continue
+            target = func.attrs.get("target") or tvm.target.Target.current(allow_none=False)
+            chosen = "none"
+            for rule in rules:
+                sch = rule.apply(func, target, False)
+                if sch is not None:
+                    updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    chosen = type(rule).__name__
+                    break
+            if applied is not None:
+                applied[gvar.name_hint] = chosen
+        for gvar, func in updated.items():
+            mod[gvar] = func
+        return mod
+
+    return apply_rules
+
+
+def cpu_pipeline(target, database=None, applied: dict | None = None):
+    """Relax -> VM for a CPU: fuse as task extraction does, tuned records from the database, default
+    schedules for the rest, then TVM's CPU lowering."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from compile.tuning import fusion_passes
+
+    @tvm.transform.module_pass(opt_level=0, name="mnv2.CPUPipeline")
+    def pipeline(mod, _ctx):
+        mod = tvm.transform.Sequential(fusion_passes(target))(mod)
+        if database is not None:
+            from tvm.relax.transform import MetaScheduleApplyDatabase
+
+            mod = MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        mod = apply_pass(applied)(mod)
+        return tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+
+    return pipeline

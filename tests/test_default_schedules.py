@@ -1,0 +1,188 @@
+"""Default schedules: each rule takes its kind of kernel, keeps it correct on awkward shapes, and
+follows the target (vector width, registers). Expected values come from compile/float64_reference.py
+and NumPy, not from TVM."""
+
+import numpy as np
+import pytest
+
+from compile import default_schedules, float64_reference
+
+HASWELL = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}  # AVX2: runs on every x86-64 CI machine here
+ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}  # AVX-512: compiled only, never run
+
+
+def _relax_function(build, *shapes_dtypes):
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"p{i}", relax.TensorType(shape=s, dtype=d)) for i, (s, d) in enumerate(shapes_dtypes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(*params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _compile(mod, target_dict):
+    import tvm
+
+    target = tvm.target.Target(target_dict)
+    applied: dict[str, str] = {}
+    with target, tvm.transform.PassContext(opt_level=3):
+        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, None, applied))
+    return executable, applied
+
+
+def _run(mod, *arrays, target=HASWELL):
+    import tvm
+    from tvm import relax
+
+    executable, applied = _compile(mod, target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy(), applied
+
+
+def _conv_block(x, w, b, *, size, kernel, stride, groups, residual=None):
+    from tvm import relax
+
+    (_, top, bottom), (_, left, right) = (float64_reference.padding(size, kernel, stride, 1, True),) * 2
+    y = relax.op.nn.conv2d(x, w, strides=stride, padding=[top, left, bottom, right], groups=groups,
+                           data_layout="NHWC", kernel_layout="HWOI" if groups > 1 else "HWIO")
+    y = relax.op.clip(relax.op.add(y, b), 0.0, 6.0)
+    return y if residual is None else relax.op.add(y, residual)
+
+
+# Shapes no MobileNetV2 layer has: odd channel counts (no whole vector), odd widths, stride 2 on odd sizes.
+CASES = [
+    ("Pointwise", 1, 1, 13, 7, 29, 1),
+    ("Pointwise", 1, 1, 40, 9, 24, 1),
+    ("Depthwise", 3, 3, 21, 11, 21, 2),
+    ("Depthwise", 3, 3, 48, 8, 48, 1),
+    ("DirectConv", 3, 3, 3, 15, 20, 2),
+]
+
+
+@pytest.mark.parametrize("rule,kh,kw,cin,size,cout,stride", CASES)
+def test_conv_rules_match_the_float64_reference(rule, kh, kw, cin, size, cout, stride):
+    from tvm import relax
+
+    rng = np.random.default_rng(cin * size)
+    depthwise = rule == "Depthwise"
+    x = rng.uniform(-1, 1, (1, size, size, cin)).astype("float32")
+    w_hwio = rng.uniform(-1, 1, (kh, kw, 1 if depthwise else cin, cout) if not depthwise else (kh, kw, cin, 1))
+    w_hwio = w_hwio.astype("float32")
+    b = rng.uniform(-1, 1, (cout,)).astype("float32")
+    mod = _relax_function(lambda x_, w_, b_: _conv_block(x_, w_, b_, size=size, kernel=kh, stride=stride,
+                                                                       groups=cin if depthwise else 1),
+                          (x.shape, "float32"), (w_hwio.shape, "float32"), (b.shape, "float32"))
+    got, applied = _run(mod, x, w_hwio, b)
+    assert rule in applied.values(), applied
+    if depthwise:  # HWOI with O=1 -> TFLite's [1, H, W, C]
+        expected = float64_reference.depthwise_conv2d(x.astype(np.float64), w_hwio[:, :, :, 0][None].astype(np.float64),
+                                                      b, stride=(stride, stride))
+    else:  # HWIO -> OHWI
+        expected = float64_reference.conv2d(x.astype(np.float64), w_hwio.transpose(3, 0, 1, 2).astype(np.float64),
+                                            b, stride=(stride, stride))
+    np.testing.assert_allclose(got, np.clip(expected, 0, 6), rtol=1e-5, atol=1e-5)
+
+
+def test_residual_add_is_computed_on_the_tiles():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (1, 10, 10, 24)).astype("float32")
+    w = rng.uniform(-1, 1, (1, 1, 24, 16)).astype("float32")
+    b = rng.uniform(-1, 1, (16,)).astype("float32")
+    r = rng.uniform(-1, 1, (1, 10, 10, 16)).astype("float32")
+    mod = _relax_function(lambda x_, w_, b_, r_: _conv_block(x_, w_, b_, size=10, kernel=1, stride=1, groups=1,
+                                                                     residual=r_),
+                          (x.shape, "float32"), (w.shape, "float32"), (b.shape, "float32"), (r.shape, "float32"))
+    got, applied = _run(mod, x, w, b, r)
+    assert list(applied.values()) == ["Pointwise"], applied
+    expected = np.clip(np.einsum("nhwc,cd->nhwd", x.astype(np.float64), w[0, 0]) + b, 0, 6) + r
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_pooling_and_softmax_rules():
+    from tvm import relax
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (1, 7, 7, 40)).astype("float32")
+    w = rng.uniform(-1, 1, (40, 1001)).astype("float32")  # 1001 output features: 7 x 11 x 13
+
+    def head(x_, w_):
+        pooled = relax.op.mean(x_, axis=[1, 2], keepdims=False)
+        return relax.op.nn.softmax(relax.op.matmul(pooled, w_), axis=-1)
+
+    mod = _relax_function(head, (x.shape, "float32"), (w.shape, "float32"))
+    got, applied = _run(mod, x, w)
+    assert {"Pooling", "Dense"} <= set(applied.values()), applied
+    logits = x.astype(np.float64).mean(axis=(1, 2)) @ w
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_integer_conv_with_requantization_is_exact():
+    """int8 x int8 -> int32 with a per-channel fixed-point rescale: integers, so exact."""
+    from tvm import relax
+
+    from compile.fixed_point import multiply_by_quantized_multiplier
+
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (1, 9, 9, 20)).astype("int8")
+    w = rng.integers(-127, 128, (1, 1, 20, 24)).astype("int8")
+    multipliers = [int(m) for m in rng.integers(1 << 30, 1 << 31, 24)]
+    shifts = [-9] * 24
+
+    def conv(x_, w_):
+        acc = relax.op.nn.conv2d(x_, w_, data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32")
+        scaled = multiply_by_quantized_multiplier(acc, multipliers, shifts, False)
+        return relax.op.astype(relax.op.clip(scaled, -128, 127), "int8")
+
+    mod = _relax_function(conv, (x.shape, "int8"), (w.shape, "int8"))
+    got, applied = _run(mod, x, w)
+    assert "Pointwise" in applied.values(), applied
+    plain, _ = _run_without_rules(mod, x, w)
+    np.testing.assert_array_equal(got, plain)
+
+
+def _run_without_rules(mod, *arrays):
+    import tvm
+    from tvm import relax
+
+    target = tvm.target.Target(HASWELL)
+    with target:
+        executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy(), None
+
+
+def test_rules_follow_the_targets_vector_width():
+    """The register block is whole vectors of the target: 2 x 8 floats on AVX2 and NEON (128-bit: 2 x 4),
+    2 x 16 on AVX-512; the C the build compiles shows it."""
+    import tvm
+
+    from compile import tuning
+
+    shapes = {}
+    for name, target_dict in (("avx2", HASWELL), ("avx512", ZNVER4),
+                              ("neon", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
+                                        "num-cores": 4})):
+        target = tvm.target.Target(target_dict)
+        shapes[name] = default_schedules.CPUShape.of(target)
+        mod = _relax_function(lambda x_, w_, b_: _conv_block(x_, w_, b_, size=8, kernel=1, stride=1, groups=1),
+                              ((1, 8, 8, 64), "float32"), ((1, 1, 64, 64), "float32"), ((64,), "float32"))
+        with target, tvm.transform.PassContext(opt_level=3):
+            fused = tvm.transform.Sequential(tuning.fusion_passes(target))(mod)
+            scheduled = default_schedules.apply_pass()(fused)
+        kernel = next(f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+        shapes[name + " block"] = _vectorized_extent(kernel)
+    assert (shapes["avx2"].vector_bits, shapes["avx512"].vector_bits, shapes["neon"].vector_bits) == (256, 512, 128)
+    assert (shapes["avx2"].registers, shapes["avx512"].registers, shapes["neon"].registers) == (16, 32, 32)
+    assert (shapes["avx2 block"], shapes["avx512 block"], shapes["neon block"]) == (16, 32, 8)
+
+
+def _vectorized_extent(func) -> int:
+    import re
+
+    extents = re.findall(r"in T\.vectorized\(T\.int64\((\d+)\)\):\n(?:.*\n){0,3}?.*conv2d_nhwc_update", func.script())
+    assert extents, func.script()
+    return int(extents[0])
