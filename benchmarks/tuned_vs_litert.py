@@ -1,15 +1,15 @@
-"""Speed on this machine, in one run: TVM untuned, TVM tuned (tuning_logs/host/) and LiteRT.
+"""Speed on this machine, in one run: TVM with default schedules (no database), TVM with
+tuning_logs/host/ where it has records for the variant, and LiteRT (XNNPACK) on the same file.
 
-    python benchmarks/tuned_vs_litert.py [--variants 1.0/224,0.35/96] [--dtypes float32,int8] [--runs 30]
+    python benchmarks/tuned_vs_litert.py [--variants 1.0/224,0.35/96 | --all-official]
+                                         [--dtypes float32,int8] [--runs 30] [--threads N]
 
-int8 rows come twice: the integer path (compile/integer_frontend.py) and TVM's dequantize -> float
--> quantize lowering (--int8-lowering float), both with the same database.
-
-TVM's runtime and LiteRT (XNNPACK) run the same number of threads, --threads (default: this
-machine's cores), set and read back for TVM: left alone, TVM runs half the cores on x86. Medians of
---runs single inferences each, taken in turns (a warm-up, then back-to-back inferences of one
-runtime, then the next) so that load from other tenants of this shared machine hits them alike.
-Prints the ratios: compare ratios from one run, not absolute numbers across runs.
+int8 is the integer path (compile/integer_frontend.py). TVM's runtime and LiteRT run the same number
+of threads, --threads (default: this machine's cores), set and read back for TVM: left alone, TVM
+runs half the cores on x86. Medians of --runs single inferences each, taken in turns (a warm-up, then
+back-to-back inferences of one runtime, then the next) so that load from other tenants of this shared
+machine hits them alike. Prints the ratios: compare ratios from one run, not absolute numbers across
+runs. The last table says where the default-schedule build spends its time, by kind of kernel.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 from compile import pipeline, tuning  # noqa: E402
 from compile.frontend import TensorInfo, load_relax  # noqa: E402
 from compile.images import model_inputs  # noqa: E402
-from compile.paths import DEFAULT_OUT, TUNING_ROOT  # noqa: E402
+from compile.paths import DEFAULT_OUT  # noqa: E402
+from compile.variants import official_variants  # noqa: E402
 from deploy import runner  # noqa: E402
 from deploy.reference import LiteRTModel  # noqa: E402
 from deploy.session import LocalSession  # noqa: E402
@@ -71,20 +72,9 @@ def interleaved_medians_ms(invokers: dict, runs: int, rounds: int = 5) -> dict[s
     return {name: float(np.median(times) * 1e3) for name, times in samples.items()}
 
 
-def estimated_breakdown(tasks: list[tuple], database: Path) -> dict[str, float]:
-    """Ms per inference by task kind from the database's best records (each kernel timed alone, warm caches)."""
-    db = tuning.TuningDatabase(database).open()
-    totals: dict[str, float] = {}
-    for task, kind in tasks:
-        best = tuning.best_seconds(db, task)
-        kind = kind if best is not None else "untuned"
-        totals[kind] = totals.get(kind, 0.0) + (best or 0.0) * 1e3 * task.weight
-    return totals
-
-
 def measured_breakdown(out_dir: Path, inputs, kinds: dict[str, str], runs: int) -> dict[str, float]:
     """Ms per inference by task kind inside whole inferences (weights and activations as the model leaves
-    them in the caches), timed around each VM call; calls that are not tuned kernels count as "vm"."""
+    them in the caches), timed around each call of a kernel of the model (the VM's own builtins are left out)."""
     vm = tvm_loaded(out_dir, inputs)
     calls: dict[str, list[float]] = {}
     started: list[float] = []
@@ -93,7 +83,9 @@ def measured_breakdown(out_dir: Path, inputs, kinds: dict[str, str], runs: int) 
         if before_run:
             started.append(time.perf_counter())
         else:
-            calls.setdefault(kinds.get(name, "vm"), []).append(time.perf_counter() - started.pop())
+            elapsed = time.perf_counter() - started.pop()
+            if name in kinds:  # a kernel of the model, not one of the VM's own builtins
+                calls.setdefault(kinds[name], []).append(elapsed)
         return 0  # carry on
 
     vm.set_instrument(instrument)
@@ -104,7 +96,8 @@ def measured_breakdown(out_dir: Path, inputs, kinds: dict[str, str], runs: int) 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="1.0/224,0.35/96")
+    parser.add_argument("--variants", default="1.0/224,0.35/96", help="width/resolution, comma-separated")
+    parser.add_argument("--all-official", action="store_true", help="the 22 published width/resolution pairs")
     parser.add_argument("--dtypes", default="float32,int8")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "bench")
@@ -113,49 +106,52 @@ def main() -> int:
     threads = LocalSession().set_threads(args.threads)
     if threads != args.threads:
         sys.exit(f"error: TVM's runtime runs {threads} threads, not the {args.threads} asked for.")
-    database = TUNING_ROOT / "host"
+    if args.all_official:
+        specs = [(v.width, v.resolution) for v in official_variants()]
+    else:
+        specs = [(float(w), int(r)) for w, r in (spec.split("/") for spec in args.variants.split(","))]
+    database = tuning.TuningDatabase(tuning.database_path(load_profile("host")))
+    target = load_profile("host").tvm_target()
     rows = []
-    runs = [(spec, dtype, lowering) for spec in args.variants.split(",") for dtype in args.dtypes.split(",")
-            for lowering in (("integer", "float") if dtype == "int8" else ("integer",))]
-    for spec, dtype, lowering in runs:
-        width, res = spec.split("/")
-        built = {}
-        for label, no_tuning in (("untuned", True), ("tuned", False)):
-            request = pipeline.BuildRequest(target="host", width=float(width), resolution=int(res), dtype=dtype,
-                                            out=args.out / lowering / label, no_tuning=no_tuning,
-                                            int8_lowering=lowering)
+    runs = [(width, res, dtype) for width, res in specs for dtype in args.dtypes.split(",")]
+    started = time.perf_counter()
+    for done, (width, res, dtype) in enumerate(runs):
+        def build(label: str, no_tuning: bool) -> tuple[Path, dict]:
+            request = pipeline.BuildRequest(target="host", width=width, resolution=res, dtype=dtype,
+                                            out=args.out / label, no_tuning=no_tuning)
             manifest = pipeline.build(request, progress=lambda m: None)[0]
-            built[label] = (args.out / lowering / label / "host" / manifest["name"], manifest)
-        out_dir, manifest = built["tuned"]
+            return args.out / label / "host" / manifest["name"], manifest
+
+        default_dir, manifest = build("default", True)
+        tasks = tuning.classified_tasks(load_relax(default_dir / "model.tflite")[0], target)
+        covered = len(database.coverage(load_relax(default_dir / "model.tflite")[0], target)[0])
         inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
-        medians = interleaved_medians_ms({"untuned": tvm_invoker(built["untuned"][0], inputs),
-                                          "tuned": tvm_invoker(out_dir, inputs),
-                                          "litert": litert_invoker(out_dir / "model.tflite", inputs, threads)},
-                                         args.runs)
-        untuned, tuned, litert = medians["untuned"], medians["tuned"], medians["litert"]
-        tuning_info = manifest["tuning"]
-        tasks = tuning.classified_tasks(load_relax(out_dir / "model.tflite", lowering)[0],
-                                        load_profile("host").tvm_target())
+        invokers = {"default": tvm_invoker(default_dir, inputs),
+                    "litert": litert_invoker(default_dir / "model.tflite", inputs, threads)}
+        if covered:
+            invokers["database"] = tvm_invoker(build("database", False)[0], inputs)
+        medians = interleaved_medians_ms(invokers, args.runs)
         kinds = {task.task_name: kind for task, kind in tasks}
-        label = dtype if dtype != "int8" else f"int8 {manifest['model']['lowering']}"
-        rows.append((f"{width}/{res}", label, untuned, tuned, litert, manifest["library"]["size_bytes"],
-                     tuning_info.get("tuned_tasks"),
-                     tuning_info.get("tasks"), estimated_breakdown(tasks, database),
-                     measured_breakdown(out_dir, inputs, kinds, args.runs)))
+        rows.append((f"{width:g}/{res}", dtype, medians["default"], medians.get("database"), medians["litert"],
+                     covered, len(tasks), measured_breakdown(default_dir, inputs, kinds, args.runs)))
+        elapsed = time.perf_counter() - started
+        print(f"[{done + 1}/{len(runs)}] {width:g}/{res} {dtype}: default {medians['default']:.2f} ms, "
+              f"LiteRT {medians['litert']:.2f} ms (ETA {elapsed / (done + 1) * (len(runs) - done - 1) / 60:.0f} min)",
+              flush=True)
     print(f"\nThis machine: {load_profile('host').target['mcpu']}, {threads} threads for TVM (set and read "
-          f"back from its runtime) and for LiteRT; "
-          f"medians of {args.runs} runs\n")
-    print("| variant | dtype (lowering) | TVM untuned ms | TVM tuned ms | LiteRT ms | tuned / LiteRT | "
-          "untuned / tuned | model.so MB | tuned tasks |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, dtype, untuned, tuned, litert, size, hit, total, *_ in rows:
-        print(f"| {name} | {dtype} | {untuned:.2f} | {tuned:.2f} | {litert:.2f} | {tuned / litert:.2f}x | "
-              f"{untuned / tuned:.1f}x | {size / 1e6:.1f} | {hit}/{total} |")
-    print("\nTuned time per inference by task kind, ms: estimated from the database's best records (each kernel "
-          "alone, warm caches) -> measured inside whole inferences (timed around each call, which adds a little)")
-    for name, dtype, *_, estimated, measured in rows:
-        print(f"  {name} {dtype}: " + ", ".join(f"{k} {estimated.get(k, 0):.2f} -> {measured.get(k, 0):.2f}"
-                                                for k in sorted(set(estimated) | set(measured))))
+          f"back from its runtime) and for LiteRT; medians of {args.runs} runs\n")
+    print("| variant | dtype | default schedules ms | with tuning_logs/host ms | LiteRT ms | default / LiteRT | "
+          "database / LiteRT | tasks with a record |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, dtype, default, tuned, litert, covered, total, _ in rows:
+        with_db = f"{tuned:.2f}" if tuned is not None else "-"
+        db_ratio = f"{tuned / litert:.2f}x" if tuned is not None else "-"
+        print(f"| {name} | {dtype} | {default:.2f} | {with_db} | {litert:.2f} | {default / litert:.2f}x | "
+              f"{db_ratio} | {covered}/{total} |")
+    print("\nDefault-schedule build, ms per inference by kind of kernel (timed around each call inside whole "
+          "inferences, which adds a little):")
+    for name, dtype, *_, measured in rows:
+        print(f"  {name} {dtype}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(measured.items())))
     return 0
 
 

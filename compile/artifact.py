@@ -48,6 +48,15 @@ class ModelSource:
         return self.path.stem
 
 
+def builder_fingerprint() -> str:
+    """sha256 of the code that turns a model into a library (compile/*.py): a build made by other code
+    (other default schedules, other converters) is not reused."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
 def compile_relax(mod, profile: Profile, tuning=None):
     """Compile a Relax module for a profile: (executable, schedules). On a CPU every kernel gets its
     tuned record from the database or else its default schedule by rule; schedules maps each kernel
@@ -181,6 +190,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
         "target": {"profile": profile.name, "target": profile.target, "host": profile.host,
                    "tvm": str(profile.tvm_target())},
         "tvm_version": tvm.__version__,
+        "builder": builder_fingerprint(),
         "tuning": tuning.summary() if tuning is not None else {"database": None, "tasks": None, "tuned_tasks": 0},
         "schedules": schedules,  # kernel -> "tuned", the default rule that scheduled it, or "none"
         "build_seconds": round(time.perf_counter() - started, 3),

@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="quantized models: integer kernels (default; bit-exact with TFLite's reference "
                              "kernels) or float (TVM's dequantize -> float op -> quantize)")
     parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
-    parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/)")
+    parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (untuned build)")
     parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
     parser.add_argument("--all-variants", action="store_true", help="build the 22 published variants")

@@ -330,6 +330,15 @@ def _is_scheduled_loop(sch, block) -> bool:
     return any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in sch.get_loops(block))
 
 
+def schedule_for(func, target, rules: list | None = None):
+    """(rule name, Schedule) for one PrimFunc from the first rule that takes it; None when none does."""
+    for rule in rules or make_rules():
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return type(rule).__name__, sch
+    return None
+
+
 def apply_pass(applied: dict | None = None):
     """The Relax pass: a default schedule for every PrimFunc not scheduled yet (tuned ones keep theirs).
     `applied` receives kernel name -> "tuned", the rule's name, or "none" where no rule applies."""
@@ -349,15 +358,11 @@ def apply_pass(applied: dict | None = None):
                     applied[gvar.name_hint] = "tuned"
                 continue
             target = func.attrs.get("target") or tvm.target.Target.current(allow_none=False)
-            chosen = "none"
-            for rule in rules:
-                sch = rule.apply(func, target, False)
-                if sch is not None:
-                    updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                    chosen = type(rule).__name__
-                    break
+            chosen = schedule_for(func, target, rules)
+            if chosen is not None:
+                updated[gvar] = chosen[1].mod["main"].with_attr("tirx.is_scheduled", True)
             if applied is not None:
-                applied[gvar.name_hint] = chosen
+                applied[gvar.name_hint] = chosen[0] if chosen is not None else "none"
         for gvar, func in updated.items():
             mod[gvar] = func
         return mod

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from compile import artifact, generate, isolated
 from compile.errors import UserError
-from compile.paths import DEFAULT_OUT, TUNING_ROOT
+from compile.paths import DEFAULT_OUT
 from compile.variants import Variant, official_variants
 from targets.profiles import Profile, load_profile
 
@@ -59,15 +59,31 @@ def sources(request: BuildRequest) -> list[artifact.ModelSource]:
 
 
 def tuning_for(request: BuildRequest, profile: Profile):
-    """The tuning database to apply: --tuning-log, else tuning_logs/<target>/ when it holds one."""
+    """The tuning database to apply: --tuning-log, else the profile's own (tuning.database_path) when it holds one."""
     from compile import tuning
 
     if request.no_tuning:
         return None
-    path = Path(request.tuning_log) if request.tuning_log else TUNING_ROOT / profile.name
+    path = Path(request.tuning_log) if request.tuning_log else tuning.database_path(profile)
     if request.tuning_log and not tuning.has_database(path):
         raise UserError(f"--tuning-log {path} holds no MetaSchedule database (database_workload.json).")
     return tuning.TuningDatabase(path) if tuning.has_database(path) else None
+
+
+def tuning_note(request: BuildRequest, profile: Profile) -> str | None:
+    """Why a host build applies no database although the project has some: they belong to other CPU
+    classes (their schedules were chosen for another instruction set), so they are not applied."""
+    from compile import tuning
+
+    if request.no_tuning or request.tuning_log or tuning.has_database(tuning.database_path(profile)):
+        return None
+    others = tuning.other_classes(profile)
+    if not others:
+        return None
+    here = tuning.database_path(profile)
+    return (f"[tuning] {here.parent} holds databases for {', '.join(others)}, not for this CPU's class "
+            f"{here.name} ({profile.target.get('mcpu')}): not applied, default schedules instead. "
+            f"Tune this class with `python compile/tune.py --target {profile.name}` (it writes {here}).")
 
 
 def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, tuning, lowering: str) -> bool:
@@ -81,6 +97,7 @@ def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, t
         and manifest["target"]["tvm"] == str(profile.tvm_target())
         and manifest["tuning"].get("fingerprint") == (tuning.fingerprint() if tuning else None)
         and manifest["model"].get("int8_lowering") == lowering
+        and manifest.get("builder") == artifact.builder_fingerprint()
     )
 
 
@@ -88,6 +105,9 @@ def build(request: BuildRequest, progress=print) -> list[dict]:
     """Build every requested model for the target; returns one manifest per artifact."""
     profile = load_profile(request.target)
     tuning = tuning_for(request, profile)
+    note = tuning_note(request, profile)
+    if note:
+        progress(note)
     manifests = []
     todo = sources(request)
     for index, source in enumerate(todo, 1):

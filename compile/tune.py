@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")
     p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
     p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
-    p.add_argument("--tuning-log", type=Path, help="database folder (default: tuning_logs/<target>/)")
+    p.add_argument("--tuning-log", type=Path, help="database folder (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     p.add_argument("--compact", type=int, metavar="N", help="no tuning: keep the N best records per workload "
                    "(the trials done are remembered) so builds load the database fast; then exit")
     return p.parse_args(argv)
@@ -71,9 +71,9 @@ def main(argv=None) -> int:
 def compact(args) -> int:
     from compile import tuning
     from compile.errors import UserError
-    from compile.paths import TUNING_ROOT
+    from targets.profiles import load_profile
 
-    path = Path(args.tuning_log or TUNING_ROOT / args.target)
+    path = Path(args.tuning_log or tuning.database_path(load_profile(args.target)))
     if not tuning.has_database(path):
         raise UserError(f"{path} holds no MetaSchedule database (database_workload.json) to compact.")
     if args.compact < 1:

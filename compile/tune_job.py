@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile import frontend, pipeline, tuning
+from compile import default_schedules, frontend, pipeline, tuning
 from compile.errors import UserError
-from compile.paths import CACHE_ROOT, TUNING_ROOT
+from compile.paths import CACHE_ROOT
 from compile.threads import profile_threads
 from targets.profiles import load_profile
 
@@ -102,7 +102,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     source = pipeline.sources(request.build)[0]
     mod, _ = frontend.load_relax(source.path, request.build.int8_lowering)
     target = profile.tvm_target()
-    db_path = Path(request.build.tuning_log or TUNING_ROOT / profile.name)
+    db_path = Path(request.build.tuning_log or tuning.database_path(profile))
     db_path.mkdir(parents=True, exist_ok=True)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
@@ -115,9 +115,16 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     progress(f"[tune] {source.name} on {profile.name}: {len(tasks)} tasks ({', '.join(request.kinds)}), "
              f"{request.trials} trials each, database {db_path}")
     try:
+        # First the baseline the search must beat, for every task (about a second each), so that a
+        # --minutes stop still leaves no task whose records are slower than its default schedule.
         for index, (task, kind) in enumerate(tasks, 1):
-            have = tuning.trials_done(db_path, database, task, request.trials)
+            seeded = seed_default_schedule(task, target, builder, runner, database)
+            if seeded is not None:
+                progress(f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight}): default schedule "
+                         f"({seeded[0]}) measured: " + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
+        for index, (task, kind) in enumerate(tasks, 1):
             step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight})"
+            have = tuning.trials_done(db_path, database, task, request.trials)
             if have >= request.trials:
                 report.tasks.append(TaskReport(task.task_name, kind, task.weight, have,
                                                _ms(tuning.best_seconds(database, task)), skipped=True))
@@ -148,6 +155,35 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         raise
     report.seconds = time.monotonic() - started
     return report
+
+
+def seed_default_schedule(task, target, builder, runner, database) -> tuple[str, float | None] | None:
+    """Measure the task's default schedule (compile/default_schedules.py) like any candidate and keep
+    it as a record, once: the search then only replaces it with something faster, so a build from
+    the database is never slower than one without it on the machine that measured. Returns (rule,
+    ms or None when it failed to build or run), or None when already in the database or no rule fits."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workload_mod = task.dispatched[0]
+    chosen = default_schedules.schedule_for(workload_mod["main"], target)
+    if chosen is None:
+        return None
+    rule, sch = chosen
+    trace = str(sch.trace)
+    if any(str(record.trace) == trace for record in tuning.records_for(database, task, 10**6)):
+        return None
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        return rule, None
+    args_info = ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])  # CPU targets only
+    result = future.result()
+    if result.error_msg or not result.run_secs:
+        return rule, None
+    run_secs = [float(t) for t in result.run_secs]
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, database.commit_workload(workload_mod), run_secs, target, args_info))
+    return rule, sum(run_secs) / len(run_secs) * 1e3
 
 
 def tuning_order(database, tasks: list[tuple]) -> list[tuple]:

@@ -20,6 +20,37 @@ def has_database(path: Path) -> bool:
     return (Path(path) / WORKLOAD_FILE).is_file()
 
 
+def cpu_class(target) -> str:
+    """The instruction-set class a record's speed belongs to: schedules picked for AVX-512 are not
+    the ones to pick for AVX2, so a host's records are kept and applied per class."""
+    from tvm.target import codegen
+
+    features = codegen.llvm_get_cpu_features(target)
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    if triple.startswith(("x86_64", "i686")):
+        return "x86_64-avx512" if "avx512f" in features else "x86_64-avx2" if "avx2" in features else "x86_64"
+    if triple.startswith("aarch64"):
+        return "aarch64-dotprod" if "dotprod" in features else "aarch64"
+    return triple.split("-")[0]
+
+
+def database_path(profile) -> Path:
+    """Where a profile's database lives: tuning_logs/<target>/, and for a target that is whatever CPU
+    runs the build (host), one folder per CPU class below it."""
+    from compile.paths import TUNING_ROOT
+
+    root = TUNING_ROOT / profile.name
+    return root / cpu_class(profile.tvm_target()) if profile.detect_host else root
+
+
+def other_classes(profile) -> list[str]:
+    """CPU classes that have a database for this (host) profile, other than this CPU's."""
+    path = database_path(profile)
+    if not profile.detect_host or not path.parent.is_dir():
+        return []
+    return sorted(p.name for p in path.parent.iterdir() if p != path and has_database(p))
+
+
 def fusion_passes(target) -> list:
     """Legalize and fuse: the build and task extraction run these same passes, so task keys match."""
     from tvm import relax

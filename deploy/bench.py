@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--session-timeout", type=int, default=600, help="seconds a server keeps one session")
     p.add_argument("--out", type=Path, help="results folder (default: results/<target>)")
     p.add_argument("--dist", type=Path, help="artifact folder (default: dist/)")
-    p.add_argument("--tuning-log", type=Path, help="MetaSchedule database (default: tuning_logs/<target>/)")
+    p.add_argument("--tuning-log", type=Path, help="MetaSchedule database (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     return p.parse_args(argv)
 
 

@@ -20,6 +20,7 @@ class Profile:
     target: dict  # TVM target in dict form
     host: dict | None  # host target for GPU profiles
     link: dict = field(default_factory=dict)  # how to link the .so: kind, compiler, machine, apt
+    detect_host: bool = False  # the target is whatever CPU runs the build (its databases go per CPU class)
 
     @property
     def is_gpu(self) -> bool:
@@ -76,6 +77,7 @@ def load_profile(name: str) -> Profile:
             target=target,
             host=data.get("host"),
             link=data.get("link", {}),
+            detect_host=bool(data.get("detect_host", False)),
         )
     except (tomllib.TOMLDecodeError, KeyError) as err:
         raise UserError(f"Device profile {path} is malformed ({type(err).__name__}: {err}).") from None
