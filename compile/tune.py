@@ -1,6 +1,7 @@
 """Tune MobileNetV2's kernels with MetaSchedule into tuning_logs/<target>/ (one database per target).
 
     python compile/tune.py --target host --width 1.0 --res 224 --trials 32
+    python compile/tune.py --target host --all-variants --trials 16 --minutes 120
     python compile/tune.py --target rasp4b --rpc-tracker 127.0.0.1:9190 --rpc-key rasp4b --kinds depthwise,pointwise
 
 Resumable: tasks that already hold --trials records are skipped. Ctrl-C leaves a valid database.
@@ -28,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
                    help="quantized models: integer kernels (default) or float (TVM's dequantize path)")
     p.add_argument("--model", type=Path, help="tune this .tflite file instead of a generated variant")
+    p.add_argument("--all-variants", action="store_true",
+                   help="the 22 published variants at once: each distinct task once, the most time first")
     p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32)")
     p.add_argument("--minutes", type=float, help="start no new task after this many minutes")
     p.add_argument("--kinds", default="all", help="depthwise,pointwise,stem,other or all (default all)")
@@ -50,7 +53,7 @@ def main(argv=None) -> int:
 
     request = TuneRequest(
         BuildRequest(target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
-                     tuning_log=args.tuning_log, int8_lowering=args.int8_lowering),
+                     tuning_log=args.tuning_log, int8_lowering=args.int8_lowering, all_variants=args.all_variants),
         trials=args.trials, minutes=args.minutes,
         kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
         rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,

@@ -99,20 +99,20 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         raise UserError(f"Unknown task kinds {', '.join(sorted(unknown))}: choose from {', '.join(KINDS)} or all.")
     if request.trials < 1:
         raise UserError("--trials must be at least 1.")
-    source = pipeline.sources(request.build)[0]
-    mod, _ = frontend.load_relax(source.path, request.build.int8_lowering)
+    sources = pipeline.sources(request.build)
     target = profile.tvm_target()
     db_path = Path(request.build.tuning_log or tuning.database_path(profile))
     db_path.mkdir(parents=True, exist_ok=True)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
-    tasks = tuning_order(database, [(t, kind) for t, kind in tuning.classified_tasks(mod, target)
-                                    if kind in request.kinds])
+    found, weights = distinct_tasks(sources, request.build.int8_lowering, target, request.kinds, progress)
+    tasks = tuning_order(database, found, weights)
     runner, builder = _runner(request, profile), _builder(request, profile)
     report = TuneReport(str(db_path))
     started = time.monotonic()
     deadline = started + request.minutes * 60 if request.minutes else None
-    progress(f"[tune] {source.name} on {profile.name}: {len(tasks)} tasks ({', '.join(request.kinds)}), "
+    what = sources[0].name if len(sources) == 1 else f"{len(sources)} variants ({sum(weights.values())} kernel calls)"
+    progress(f"[tune] {what} on {profile.name}: {len(tasks)} distinct tasks ({', '.join(request.kinds)}), "
              f"{request.trials} trials each, database {db_path}")
     try:
         # First the baseline the search must beat, for every task (about a second each), so that a
@@ -120,13 +120,14 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         for index, (task, kind) in enumerate(tasks, 1):
             seeded = seed_default_schedule(task, target, builder, runner, database)
             if seeded is not None:
-                progress(f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight}): default schedule "
+                progress(f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{weights[tuning.workload_key(task)]}): default schedule "
                          f"({seeded[0]}) measured: " + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
         for index, (task, kind) in enumerate(tasks, 1):
-            step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{task.weight})"
+            weight = weights[tuning.workload_key(task)]
+            step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{weight})"
             have = tuning.trials_done(db_path, database, task, request.trials)
             if have >= request.trials:
-                report.tasks.append(TaskReport(task.task_name, kind, task.weight, have,
+                report.tasks.append(TaskReport(task.task_name, kind, weight, have,
                                                _ms(tuning.best_seconds(database, task)), skipped=True))
                 progress(f"{step}: {have} records already, skipped")
                 continue
@@ -138,14 +139,14 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
             # MetaSchedule's tables and XGBoost lines go to its log files, not the console; its
             # logging set-up resets the level on every call, hence here, per task.
             logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            contexts, context_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 [task], work_dir=str(LOG_ROOT / profile.name), num_threads=os.cpu_count())
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(LOG_ROOT / profile.name),
+            ms.tune_tasks(tasks=contexts, task_weights=context_weights, work_dir=str(LOG_ROOT / profile.name),
                           max_trials_global=todo, max_trials_per_task=todo, num_trials_per_iter=min(16, todo),
                           builder=builder, runner=runner, database=database, cost_model="xgb")
             best = _ms(tuning.best_seconds(database, task))
             tuning.record_trials(db_path, task, have + todo)
-            report.tasks.append(TaskReport(task.task_name, kind, task.weight, have + todo, best))
+            report.tasks.append(TaskReport(task.task_name, kind, weight, have + todo, best))
             elapsed = time.monotonic() - started
             progress(f"{step}: best {best:.3f} ms after {report.tasks[-1].trials} trials "
                      f"({elapsed / 60:.1f} min so far)" if best is not None else f"{step}: no valid candidate")
@@ -186,16 +187,35 @@ def seed_default_schedule(task, target, builder, runner, database) -> tuple[str,
     return rule, sum(run_secs) / len(run_secs) * 1e3
 
 
-def tuning_order(database, tasks: list[tuple]) -> list[tuple]:
+def distinct_tasks(sources, lowering: str, target, kinds, progress=print) -> tuple[list[tuple], dict[str, int]]:
+    """The tasks of one or several models, each workload once: ((task, kind) pairs, workload key ->
+    calls summed over the models). Variants share few workloads, so each stays its own task."""
+    found: dict[str, tuple] = {}
+    weights: dict[str, int] = {}
+    for index, source in enumerate(sources, 1):
+        if len(sources) > 1:
+            progress(f"[tasks] ({index}/{len(sources)}) {source.name}")
+        mod, _ = frontend.load_relax(source.path, lowering)
+        for task, kind in tuning.classified_tasks(mod, target):
+            if kind not in kinds:
+                continue
+            key = tuning.workload_key(task)
+            found.setdefault(key, (task, kind))
+            weights[key] = weights.get(key, 0) + int(task.weight)
+    return list(found.values()), weights
+
+
+def tuning_order(database, tasks: list[tuple], weights: dict[str, int] | None = None) -> list[tuple]:
     """(task, kind) pairs in the order to tune them, so a --minutes stop leaves the least time on the
-    table: tasks without a record first, by their work (weight x flops); then the others by their
-    measured share of the model's time (weight x best time)."""
+    table: tasks without a record first, by their work (calls x flops); then the others by their
+    measured share of the models' time (calls x best time)."""
     def priority(item) -> tuple:
         task = item[0]
+        calls = (weights or {}).get(tuning.workload_key(task), task.weight)
         best = tuning.best_seconds(database, task)
         if best is None:
-            return (0, -task.weight * tuning.task_flops(task))
-        return (1, -task.weight * best)
+            return (0, -calls * tuning.task_flops(task))
+        return (1, -calls * best)
 
     return sorted(tasks, key=priority)
 

@@ -215,7 +215,7 @@ def best_seconds(database, task) -> float | None:
     return float(sum(float(s) for s in top[0].run_secs) / len(top[0].run_secs))
 
 
-def _workload_key(task) -> str:
+def workload_key(task) -> str:
     import tvm_ffi
 
     return str(tvm_ffi.structural_hash(task.dispatched[0]) & (2**64 - 1))  # as the workload file writes it
@@ -226,7 +226,7 @@ def trials_done(path: Path, database, task, limit: int) -> int:
     import json
 
     file = Path(path) / TRIALS_FILE
-    counted = json.loads(file.read_text()).get(_workload_key(task), 0) if file.exists() else 0
+    counted = json.loads(file.read_text()).get(workload_key(task), 0) if file.exists() else 0
     return max(len(records_for(database, task, limit)), counted)
 
 
@@ -235,7 +235,7 @@ def record_trials(path: Path, task, trials: int) -> None:
 
     file = Path(path) / TRIALS_FILE
     counts = json.loads(file.read_text()) if file.exists() else {}
-    counts[_workload_key(task)] = max(trials, counts.get(_workload_key(task), 0))
+    counts[workload_key(task)] = max(trials, counts.get(workload_key(task), 0))
     file.write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
 
 

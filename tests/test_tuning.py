@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from rpc_helpers import tracker_with_servers
 
-from compile import default_schedules, tune_job, tuning
+from compile import default_schedules, pipeline, tune_job, tuning
 from compile.frontend import load_relax
 from compile.generate import write_variant
 from compile.variants import Variant
@@ -143,3 +143,41 @@ def test_int8_tasks_keep_their_conv_kinds(tmp_path):
     write_variant(Variant(0.35, 96), "int8", path)
     weights = _weights_by_kind(path)
     assert weights["depthwise"] == 17 and weights["stem"] == 1 and weights["pointwise"] == 34
+
+
+def test_host_databases_apply_only_to_their_cpu_class():
+    """tuning_logs/host/ holds one database per CPU class; an AVX2 CPU is not given the AVX-512 records."""
+    import dataclasses
+
+    host = load_profile("host")
+    avx512 = dataclasses.replace(host, target={**host.target, "mcpu": "znver4"})
+    avx2 = dataclasses.replace(host, target={**host.target, "mcpu": "znver3"})
+    assert tuning.cpu_class(avx512.tvm_target()) == "x86_64-avx512"
+    assert tuning.cpu_class(avx2.tvm_target()) == "x86_64-avx2"
+    assert tuning.cpu_class(load_profile("rasp5").tvm_target()) == "aarch64-dotprod"
+    request = pipeline.BuildRequest(target="host")
+    assert pipeline.tuning_for(request, avx512).path == tuning.database_path(avx512)
+    assert pipeline.tuning_note(request, avx512) is None
+    assert pipeline.tuning_for(request, avx2) is None
+    note = pipeline.tuning_note(request, avx2)
+    assert "x86_64-avx512" in note and "x86_64-avx2" in note and "default schedules" in note
+    assert tuning.database_path(load_profile("rasp4b")).name == "rasp4b"  # boards: one database each
+
+
+def test_several_variants_are_tuned_as_distinct_tasks(tmp_path, small_model):
+    """--all-variants tunes each workload once, with the calls of every variant that has it."""
+    import tvm_ffi
+
+    other = tmp_path / "mnv2_0.35_128_float32.tflite"
+    write_variant(Variant(0.35, 128), "float32", other)
+    target = load_profile("host").tvm_target()
+    per_model = [tuning.classified_tasks(load_relax(path)[0], target) for path in (small_model, other)]
+    shared = [(a, b) for a, _ in per_model[0] for b, _ in per_model[1]
+              if tvm_ffi.structural_equal(a.dispatched[0], b.dispatched[0])]
+    sources = [type("Source", (), {"path": p, "name": p.stem})() for p in (small_model, other)]
+    found, weights = tune_job.distinct_tasks(sources, "integer", target, tune_job.KINDS, progress=lambda m: None)
+    assert shared  # the classifier head (dense, softmax) is the same at every resolution of a width
+    assert len(found) == len(per_model[0]) + len(per_model[1]) - len(shared)
+    assert sum(weights.values()) == sum(t.weight for tasks in per_model for t, _ in tasks)
+    for a, b in shared:
+        assert weights[tuning.workload_key(a)] == a.weight + b.weight
