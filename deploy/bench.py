@@ -5,6 +5,7 @@
     python deploy/bench.py --target arm_cpu --emulated-board --widths 0.35 --resolutions 96
     python deploy/bench.py --target rasp4b --ssh pi@raspberrypi.local --ssh-key ~/.ssh/id_ed25519
     python deploy/bench.py --target host            # this machine, no RPC
+    python deploy/bench.py --target rasp4b --rpc-tracker 127.0.0.1:9190 --model my_model.tflite
 
 Results: <out>/results.jsonl (appended per variant; a rerun resumes), results.csv, report.md,
 latency_vs_macs.png.
@@ -58,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     what.add_argument("--resolutions", type=_ints, default=[224], help="e.g. 96,128,160,192,224")
     what.add_argument("--dtype", default="float32", help="float32, int8 or float32,int8")
     what.add_argument("--all-official", action="store_true", help="the 22 published variants")
+    what.add_argument("--model", type=Path, action="append", default=[], metavar="FILE.tflite",
+                      help="sweep this TFLite file instead of the variants (repeat for several)")
     timing = p.add_argument_group("timing (TVM's time evaluator)")
     timing.add_argument("--number", type=int, default=10, help="runs averaged per repeat (default 10)")
     timing.add_argument("--repeat", type=int, default=20, help="timed repeats (default 20)")
@@ -66,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     timing.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     timing.add_argument("--threads", type=int, help="threads of TVM's runtime on the device (default: the "
                         "profile's num-cores; this machine's cores for host). Set on the device over RPC")
+    p.add_argument("--force", action="store_true",
+                   help="measure again what an identical earlier measurement in results.jsonl covers")
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
     p.add_argument("--timeout", type=float, default=300, help="seconds per variant on the device (default 300)")
     p.add_argument("--key-wait", type=float, default=10, help="seconds to wait for the key at the tracker")
@@ -116,6 +121,11 @@ def main(argv=None) -> int:
     from targets.profiles import load_profile
 
     profile = load_profile(args.target)  # unknown targets fail before anything starts
+    if args.model and args.all_official:
+        raise UserError("--model and --all-official exclude each other: sweep the files, or the 22 variants.")
+    missing = [str(path) for path in args.model if not path.is_file()]
+    if missing:
+        raise UserError(f"No such model file: {', '.join(missing)}.")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads takes a whole number of at least 1, not {args.threads}.")
     # Emulated timings mean nothing, so the emulated board keeps its runtime's default.
@@ -124,18 +134,19 @@ def main(argv=None) -> int:
         endpoint, label = endpoint_for(args, stack)
         config = SweepConfig(
             target=args.target, endpoint=endpoint, widths=args.widths, resolutions=args.resolutions,
-            dtypes=[d for d in args.dtype.split(",") if d], all_official=args.all_official,
+            dtypes=[d for d in args.dtype.split(",") if d], all_official=args.all_official, models=args.model,
             timing=TimingSettings(args.number, args.repeat, args.min_repeat_ms, args.cooldown, args.warmup, threads),
             timeout=args.timeout, key_wait=args.key_wait, verify_inputs=args.verify_inputs,
             out=args.out or Path("results") / args.target, tuning_log=args.tuning_log,
-            device_label=label, emulated=args.emulated_board,
+            device_label=label, emulated=args.emulated_board, force=args.force,
         )
         if args.dist:
             config.dist = args.dist
         all_results = run_sweep(config)
     print()
     print((config.out / "report.md").read_text())
-    print(f"results: {config.out}/results.jsonl, results.csv, report.md, latency_vs_macs.png")
+    print(f"results of this run: {config.out}/results.csv, report.md, latency_vs_macs.png; "
+          f"every run's: {config.out}/results.jsonl")
     return 0 if all(r.status == "ok" for r in all_results) else 1
 
 

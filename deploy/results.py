@@ -1,4 +1,5 @@
-"""One result per variant run, like TFLite's BenchmarkResults; appended to results.jsonl as it ends."""
+"""One result per variant run, like TFLite's BenchmarkResults; appended to results.jsonl as it ends
+(the file keeps every run's results; a report covers one run)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,15 @@ class BenchmarkResult:
     verification: list[dict] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)
     emulated: bool = False
+    library_sha256: str | None = None  # the exact code measured
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @property
-    def key(self) -> tuple:
-        return (self.target, self.device, self.name)
+    def measurement(self) -> tuple:
+        """What was measured: the same key means the same code, database, timing and device, so a
+        rerun may keep the result; any difference (a rebuilt library, new tuning) is measured again."""
+        return measurement_key(self.target, self.device, self.name, self.library_sha256,
+                               (self.tuning or {}).get("fingerprint"), self.timing)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +72,11 @@ class BenchmarkResult:
         return cls(**data)
 
 
+def measurement_key(target: str, device: str, name: str, library_sha256: str | None, tuning_fingerprint: str | None,
+                    timing: dict) -> tuple:
+    return (target, device, name, library_sha256, tuning_fingerprint, json.dumps(timing, sort_keys=True))
+
+
 def append(path: Path, result: BenchmarkResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as out:
@@ -75,7 +85,8 @@ def append(path: Path, result: BenchmarkResult) -> None:
 
 
 def load(path: Path) -> list[BenchmarkResult]:
-    """Every complete line of a results.jsonl; the last result per variant wins."""
+    """Every complete line of a results.jsonl (the history of every run): the last result per
+    measurement wins."""
     if not path.exists():
         return []
     latest: dict[tuple, BenchmarkResult] = {}
@@ -84,5 +95,5 @@ def load(path: Path) -> list[BenchmarkResult]:
             result = BenchmarkResult.from_dict(json.loads(line))
         except (json.JSONDecodeError, TypeError):
             continue  # a line cut by a crash: that variant is simply run again
-        latest[result.key] = result
+        latest[result.measurement] = result
     return list(latest.values())

