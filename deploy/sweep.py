@@ -1,7 +1,8 @@
 """The sweep: for each variant, build (or reuse dist/), run on the device, check against LiteRT, time.
 
 Results go to results.jsonl as each variant finishes, so an interrupted or failed sweep loses
-nothing and a rerun skips what is done. The reports are rewritten at the end, also on Ctrl-C.
+nothing and a rerun skips what an identical measurement already covers. The reports (this run's
+results) are rewritten at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
