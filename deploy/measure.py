@@ -24,14 +24,28 @@ class TimingSettings:
     threads: int | None = None  # the runtime's thread pool on the device (None: TVM's default)
 
 
+def fit_timing(number: int, repeat: int, seconds_per_run: float, budget_seconds: float) -> tuple[int, int]:
+    """(number, repeat) that fit the budget at the measured time per run: fewer runs per repeat
+    first, then fewer repeats (at least 3, for a median), so a slow device (or the emulated board)
+    is timed within --timeout instead of being abandoned as frozen."""
+    if seconds_per_run <= 0 or number * repeat * seconds_per_run <= budget_seconds:
+        return number, repeat
+    number = max(1, min(number, int(budget_seconds / (repeat * seconds_per_run))))
+    if number * repeat * seconds_per_run > budget_seconds:
+        repeat = max(3, min(repeat, int(budget_seconds / seconds_per_run)))
+    return number, repeat
+
+
 class DeviceError(Exception):
     """The device failed, froze or went away during a variant; the message says which."""
 
 
-def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings) -> dict:
+def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,
+          timeout: float) -> dict:
     from deploy import runner
     from deploy.session import LocalSession
 
+    begin = time.perf_counter()
     session = LocalSession() if endpoint is None else endpoint.open()
     threads = session.set_threads(settings.threads)
     started = time.perf_counter()
@@ -47,14 +61,20 @@ def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, setti
         warmup_ms = warmup_ms if warmup_ms is not None else (time.perf_counter() - begun) * 1e3
     for _ in range(max(settings.warmup - 1, 0)):
         vm.invoke_stateful("main")
+    begun = time.perf_counter()  # one more untimed run, warm, sizes the timed ones
+    vm.invoke_stateful("main")
+    per_run = time.perf_counter() - begun
     samples = []
-    if settings.repeat > 0:
-        timer = vm.time_evaluator("invoke_stateful", device, number=settings.number, repeat=settings.repeat,
+    # Half of what is left of --timeout for the timed runs: the rest is the margin for a slow device.
+    number, repeat = fit_timing(settings.number, settings.repeat, per_run,
+                                (timeout - (time.perf_counter() - begin)) / 2)
+    if repeat > 0:
+        timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat,
                                   min_repeat_ms=settings.min_repeat_ms, cooldown_interval_ms=settings.cooldown_ms)
         samples = list(timer("main").results)
     session.close()
     return {"outputs": outputs, "load_seconds": load_seconds, "warmup_ms": warmup_ms, "samples": samples,
-            "threads": threads}
+            "threads": threads, "timed": {"number": number, "repeat": repeat}}
 
 
 def _worker(connection, *args) -> None:
@@ -70,12 +90,12 @@ def _worker(connection, *args) -> None:
 
 def run_on_device(endpoint, library: Path, remote_name: str, kind: str, input_sets, settings: TimingSettings,
                   timeout: float) -> dict:
-    """outputs per input set, load_seconds, warmup_ms, timing samples (seconds per run) and the
-    threads the device's runtime ran."""
+    """outputs per input set, load_seconds, warmup_ms, timing samples (seconds per run), the
+    threads the device's runtime ran, and the number and repeat timed (fitted to the timeout)."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_worker, args=(sender, endpoint, str(library), remote_name, kind,
-                                                     input_sets, settings), daemon=True)
+                                                     input_sets, settings, timeout), daemon=True)
     process.start()
     sender.close()
     try:

@@ -48,6 +48,7 @@ class BenchmarkResult:
     gmacs_per_second: float | None = None
     threads: int | None = None  # the device runtime's thread pool while timed
     timing: dict = field(default_factory=dict)  # number, repeat, min_repeat_ms, cooldown_ms, warmup, threads
+    timed: dict = field(default_factory=dict)  # number and repeat run: fewer when a slow device needs it
     verification: list[dict] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)
     emulated: bool = False

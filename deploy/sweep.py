@@ -93,7 +93,7 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
                                  manifest["model"].get("lowering", ""))
     result.verification = [c.to_dict() for c in checks]
     result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
-    result.threads = device["threads"]
+    result.threads, result.timed = device["threads"], device["timed"]
     if device["samples"]:
         result.latency = results.LatencyStats.from_seconds(device["samples"])
         if result.macs:
@@ -155,6 +155,10 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             if asked and result.threads and result.threads < asked:
                 progress(f"{step}: the device's TVM runtime runs {result.threads} of the {asked} threads asked "
                          f"for: its RPC server was started with a lower cap (start it with TVM_NUM_THREADS={asked})")
+            if result.timed and (result.timed["number"], result.timed["repeat"]) != (config.timing.number,
+                                                                                   config.timing.repeat):
+                progress(f"{step}: timed {result.timed['number']} x {result.timed['repeat']} runs instead of "
+                         f"{config.timing.number} x {config.timing.repeat}, to fit --timeout {config.timeout:.0f} s")
             if result.status == "ok" and result.latency:
                 lat = result.latency
                 rate = f"{result.gmacs_per_second:.2f} GMAC/s, " if result.gmacs_per_second else ""

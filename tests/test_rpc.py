@@ -167,7 +167,8 @@ def test_server_killed_mid_run_marks_the_variant_failed_and_keeps_results(tmp_pa
 
 def test_frozen_server_is_abandoned_after_the_timeout(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
-        proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "15"])
+        # The timed runs are fitted to half of --timeout: about 10 s of them, frozen 4 s in.
+        proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "20"])
         server = services.find("server-host")
         os.killpg(server.pid, signal.SIGSTOP)
         started = time.monotonic()
@@ -175,18 +176,20 @@ def test_frozen_server_is_abandoned_after_the_timeout(tmp_path):
         assert time.monotonic() - started < 60
     assert proc.returncode == 1, out + err
     frozen = read_results(tmp_path)[0]
-    assert frozen.status == "failed" and "within 15 s" in frozen.error
+    assert frozen.status == "failed" and "within 20 s" in frozen.error
     assert json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[0])["status"] == "failed"
 
 
 def test_ctrl_c_writes_out_what_finished(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
         port = services.find("tracker").port
+        # The same long timing as the interrupted sweep (fitted to half of --timeout), so that sweep
+        # keeps this result as its own and is interrupted in the next variant.
         first = bench(tmp_path, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "host",
-                      *SMALL, *QUICK_TIMING)
+                      *SMALL, "--number", "50", "--repeat", "1000", "--timeout", "20")
         assert first.returncode == 0, first.stderr
         (tmp_path / "results" / "report.md").unlink()
-        proc = _sweep_until_running(tmp_path, port, ["--widths", "0.35", "--resolutions", "96,128"])
+        proc = _sweep_until_running(tmp_path, port, ["--widths", "0.35", "--resolutions", "96,128", "--timeout", "20"])
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
