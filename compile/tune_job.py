@@ -114,6 +114,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     what = sources[0].name if len(sources) == 1 else f"{len(sources)} variants ({sum(weights.values())} kernel calls)"
     progress(f"[tune] {what} on {profile.name}: {len(tasks)} distinct tasks ({', '.join(request.kinds)}), "
              f"{request.trials} trials each, database {db_path}")
+    trials_run, search_seconds = 0, 0.0
     try:
         # First the baseline the search must beat, for every task (about a second each), so that a
         # --minutes stop still leaves no task whose records are slower than its default schedule.
@@ -122,6 +123,9 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
             if seeded is not None:
                 progress(f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{weights[tuning.workload_key(task)]}): default schedule "
                          f"({seeded[0]}) measured: " + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
+        # Trials left in this run, for the ETA: what each task still needs, at the pace measured so far.
+        trials_left = sum(max(request.trials - tuning.trials_done(db_path, database, task, request.trials), 0)
+                          for task, _ in tasks)
         for index, (task, kind) in enumerate(tasks, 1):
             weight = weights[tuning.workload_key(task)]
             step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{weight})"
@@ -141,15 +145,20 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
             logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
             contexts, context_weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 [task], work_dir=str(LOG_ROOT / profile.name), num_threads=os.cpu_count())
+            searched = time.monotonic()
             ms.tune_tasks(tasks=contexts, task_weights=context_weights, work_dir=str(LOG_ROOT / profile.name),
                           max_trials_global=todo, max_trials_per_task=todo, num_trials_per_iter=min(16, todo),
                           builder=builder, runner=runner, database=database, cost_model="xgb")
             best = _ms(tuning.best_seconds(database, task))
             tuning.record_trials(db_path, task, have + todo)
             report.tasks.append(TaskReport(task.task_name, kind, weight, have + todo, best))
-            elapsed = time.monotonic() - started
-            progress(f"{step}: best {best:.3f} ms after {report.tasks[-1].trials} trials "
-                     f"({elapsed / 60:.1f} min so far)" if best is not None else f"{step}: no valid candidate")
+            trials_run += todo
+            search_seconds += time.monotonic() - searched
+            eta = search_seconds / trials_run * (trials_left - trials_run) / 60
+            pace = (f"{trials_run}/{trials_left} trials of this run, {(time.monotonic() - started) / 60:.1f} min "
+                    f"so far, about {eta:.0f} min left")
+            progress(f"{step}: best {best:.3f} ms after {report.tasks[-1].trials} trials ({pace})"
+                     if best is not None else f"{step}: no valid candidate ({pace})")
     except KeyboardInterrupt:
         dropped = tuning.repair_database(db_path)
         progress(f"[tune] interrupted: database {db_path} is valid ({dropped} cut lines dropped); rerun to resume")
