@@ -102,7 +102,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "bench")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--host-cpu", help="compile for this LLVM CPU instead of this machine's (e.g. znver3: "
+                        "the AVX2 code another machine would get, run here); sets MNV2_HOST_CPU")
     args = parser.parse_args()
+    if args.host_cpu:
+        os.environ["MNV2_HOST_CPU"] = args.host_cpu
     threads = LocalSession().set_threads(args.threads)
     if threads != args.threads:
         sys.exit(f"error: TVM's runtime runs {threads} threads, not the {args.threads} asked for.")
@@ -124,7 +128,8 @@ def main() -> int:
 
         default_dir, manifest = build("default", True)
         tasks = tuning.classified_tasks(load_relax(default_dir / "model.tflite")[0], target)
-        covered = len(database.coverage(load_relax(default_dir / "model.tflite")[0], target)[0])
+        covered = len(database.coverage(load_relax(default_dir / "model.tflite")[0], target)[0]) \
+            if tuning.has_database(database.path) else 0  # this CPU class has no database
         inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
         invokers = {"default": tvm_invoker(default_dir, inputs),
                     "litert": litert_invoker(default_dir / "model.tflite", inputs, threads)}
@@ -138,7 +143,12 @@ def main() -> int:
         print(f"[{done + 1}/{len(runs)}] {width:g}/{res} {dtype}: default {medians['default']:.2f} ms, "
               f"LiteRT {medians['litert']:.2f} ms (ETA {elapsed / (done + 1) * (len(runs) - done - 1) / 60:.0f} min)",
               flush=True)
-    print(f"\nThis machine: {load_profile('host').target['mcpu']}, {threads} threads for TVM (set and read "
+    from tvm.target import codegen
+
+    compiled_for = load_profile("host").target["mcpu"]
+    print(f"\nThis machine: {codegen.llvm_get_system_cpu()}"
+          + (f", TVM's code compiled for {compiled_for} (--host-cpu)" if args.host_cpu else "")
+          + f"; {threads} threads for TVM (set and read "
           f"back from its runtime) and for LiteRT; medians of {args.runs} runs\n")
     print("| variant | dtype | default schedules ms | with tuning_logs/host ms | LiteRT ms | default / LiteRT | "
           "database / LiteRT | tasks with a record |")

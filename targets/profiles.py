@@ -49,9 +49,15 @@ class Profile:
 
 
 def _detect_host(target: dict) -> dict:
+    """This machine's CPU, or the one MNV2_HOST_CPU names (an LLVM CPU such as znver3 or haswell: to
+    build and measure here the code another class of x86 machine would get)."""
     import tvm
 
-    return {**target, "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+    cpu = os.environ.get("MNV2_HOST_CPU") or tvm.target.codegen.llvm_get_system_cpu()
+    if not tvm.target.codegen.llvm_is_valid_cpu(cpu, tvm.target.codegen.llvm_get_system_triple()):
+        raise UserError(f"MNV2_HOST_CPU={cpu} is not a CPU LLVM knows (examples: znver3, znver4, haswell, "
+                        f"skylake-avx512, x86-64-v3).")
+    return {**target, "mcpu": cpu, "num-cores": os.cpu_count() or 1}
 
 
 def profile_names() -> list[str]:

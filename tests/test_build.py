@@ -42,8 +42,8 @@ def test_list_targets_and_unknown_target():
     assert_clean_error(result, "pixel99", "arm_cpu", "rasp4b", "adreno")
 
 
-def build(tmp_path, *flags):
-    result = run_cli("compile/build.py", "--out", tmp_path, *flags)
+def build(tmp_path, *flags, env=None):
+    result = run_cli("compile/build.py", "--out", tmp_path, *flags, env=env)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -159,3 +159,16 @@ def test_bundle_runtime_ships_the_aarch64_runtime(tmp_path):
 def test_host_build_verifies_against_litert(tmp_path):
     result = build(tmp_path, "--target", "host", "--width", "0.35", "--res", "96", "--verify")
     assert ": OK: worst error against float64" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_host_of_another_cpu_class_gets_default_schedules_and_is_told(tmp_path):
+    """MNV2_HOST_CPU builds for another x86 CPU: for znver3 (AVX2) the AVX-512 host database is not
+    applied, and the build says why in its [tuning] lines."""
+    result = build(tmp_path, "--target", "host", "--width", "0.35", "--res", "96", env={"MNV2_HOST_CPU": "znver3"})
+    assert "not for this CPU's class x86_64-avx2 (znver3)" in result.stdout, result.stdout
+    assert "[tuning] none for host; 33/33 kernels got default schedules" in result.stdout
+    manifest = json.loads((tmp_path / "host" / "mnv2_0.35_96_float32" / "manifest.json").read_text())
+    assert manifest["target"]["target"]["mcpu"] == "znver3" and manifest["tuning"]["database"] is None
+    bad = run_cli("compile/build.py", "--target", "host", "--out", tmp_path, env={"MNV2_HOST_CPU": "pentium9"})
+    assert_clean_error(bad, "MNV2_HOST_CPU=pentium9")
