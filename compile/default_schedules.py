@@ -11,6 +11,7 @@ register block while it is hot. The target gives the vector width, the register 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 SPATIAL, REDUCE = 0, 2  # tirx.IterVar kinds
@@ -42,12 +43,9 @@ class CPUShape:
         return max(1, self.vector_bits // dtype_bits)
 
 
-def _largest_divisor(n: int, limit: int, multiple_of: int = 1) -> int:
-    """The largest divisor of n that is <= limit and a multiple of multiple_of (1 when none is)."""
-    for d in range(min(n, limit), 0, -1):
-        if n % d == 0 and d % multiple_of == 0:
-            return d
-    return 1
+def _largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of n that is <= limit."""
+    return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
 
 
 def _iter_kinds(sch, block) -> str:
@@ -142,9 +140,7 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
         sch.reorder(*outer, c_outer, *register_block, *reduction)
     else:
         sch.reorder(*outer, c_outer, *reduction, *register_block)
-    outer_extent = 1
-    for loop in outer:
-        outer_extent *= int(sch.get(loop).extent)
+    outer_extent = math.prod(int(sch.get(loop).extent) for loop in outer)
     if outer_extent >= 2 * shape.cores or (outer_extent > 1 and channels // c_inner < 2):
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
     elif channels // c_inner >= 2:  # one row (dense, pooling): the channel blocks are the parallel work
@@ -260,17 +256,10 @@ def _reduction_blocks(sch) -> list:
     return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "R" in _iter_kinds(sch, b)]
 
 
-def _cpu_rule_base():
-    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
-
-    return CPUScheduleRule
-
-
 def make_rules() -> list:
-    """The rules in the order ApplyDefaultSchedule tries them (the first that applies wins)."""
+    """The rules in the order schedule_for tries them (the first that applies wins)."""
     from tvm import s_tir
-
-    base = _cpu_rule_base()
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule as base
 
     class ReductionKernel(base):
         """One reduction block (conv, depthwise, dense, pooling) with its fused element-wise epilogue."""
@@ -285,11 +274,12 @@ def make_rules() -> list:
             reductions = _reduction_blocks(sch)
             if len(reductions) != 1 or _kernel_kind(sch, reductions[0]) != self.kind:
                 return None
-            if not schedule_reduction(sch, reductions[0], CPUShape.of(target), self.tiling):
+            shape = CPUShape.of(target)
+            if not schedule_reduction(sch, reductions[0], shape, self.tiling):
                 return None
             for block in sch.get_child_blocks(sch.get_sblock("root")):
                 if "R" not in _iter_kinds(sch, block) and not _is_scheduled_loop(sch, block):
-                    schedule_elementwise(sch, block, CPUShape.of(target))
+                    schedule_elementwise(sch, block, shape)
             return sch
 
     class Elementwise(base):
