@@ -127,8 +127,9 @@ def main() -> int:
             return args.out / label / "host" / manifest["name"], manifest
 
         default_dir, manifest = build("default", True)
-        tasks = tuning.classified_tasks(load_relax(default_dir / "model.tflite")[0], target)
-        covered = len(database.coverage(load_relax(default_dir / "model.tflite")[0], target)[0]) \
+        mod = load_relax(default_dir / "model.tflite")[0]
+        tasks = tuning.classified_tasks(mod, target)
+        covered = len(database.coverage(mod, target)[0]) \
             if tuning.has_database(database.path) else 0  # this CPU class has no database
         inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
         invokers = {"default": tvm_invoker(default_dir, inputs),

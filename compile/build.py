@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "kernels) or float (TVM's dequantize -> float op -> quantize)")
     parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
     parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
-    parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (untuned build)")
+    parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (every kernel gets its default schedule)")
     parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
     parser.add_argument("--all-variants", action="store_true", help="build the 22 published variants")
     parser.add_argument("--bundle-runtime", action="store_true", help="copy the matching TVM runtime beside the model")

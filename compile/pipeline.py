@@ -24,7 +24,7 @@ class BuildRequest:
     dtype: str = "float32"
     int8_lowering: str = "integer"  # quantized files: integer kernels, or "float" (TVM's dequantize path)
     model: Path | None = None  # any .tflite instead of a generated variant
-    tuning_log: Path | None = None  # default: tuning_logs/<target>/ when it exists
+    tuning_log: Path | None = None  # default: tuning.database_path(profile) when it exists
     no_tuning: bool = False  # build untuned even when a database exists
     out: Path = DEFAULT_OUT
     all_variants: bool = False

@@ -1,4 +1,5 @@
-"""Tune MobileNetV2's kernels with MetaSchedule into tuning_logs/<target>/ (one database per target).
+"""Tune MobileNetV2's kernels with MetaSchedule into tuning_logs/<target>/ (one database per target;
+for host, one per CPU class: tuning_logs/host/<class>/).
 
     python compile/tune.py --target host --width 1.0 --res 224 --trials 32
     python compile/tune.py --target host --all-variants --trials 16 --minutes 120

@@ -1,7 +1,8 @@
-"""Tune a model's tasks with MetaSchedule into tuning_logs/<target>/, locally or on a board over RPC.
+"""Tune a model's tasks (or the 22 variants' distinct tasks) with MetaSchedule into the target's
+database (tuning.database_path), locally or on a board over RPC.
 
-Task by task, untuned tasks first (most work first), then the rest by their measured share of
-the model's time; a task that already holds enough records is skipped, so an
+First every task's default schedule is measured into the database; then task by task, tasks
+without a record first (most work first), then the rest by their measured share of the models' time; a task that already holds enough records is skipped, so an
 interrupted run resumes where it stopped; the database is append-only JSON lines and is repaired
 (cut lines dropped) after an interrupt.
 """
@@ -115,20 +116,21 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     progress(f"[tune] {what} on {profile.name}: {len(tasks)} distinct tasks ({', '.join(request.kinds)}), "
              f"{request.trials} trials each, database {db_path}")
     trials_run, search_seconds = 0, 0.0
+    calls = [weights[tuning.workload_key(task)] for task, _ in tasks]
+    steps = [f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{n})"
+             for index, ((task, kind), n) in enumerate(zip(tasks, calls), 1)]
     try:
         # First the baseline the search must beat, for every task (about a second each), so that a
         # --minutes stop still leaves no task whose records are slower than its default schedule.
-        for index, (task, kind) in enumerate(tasks, 1):
+        for step, (task, _) in zip(steps, tasks):
             seeded = seed_default_schedule(task, target, builder, runner, database)
             if seeded is not None:
-                progress(f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{weights[tuning.workload_key(task)]}): default schedule "
-                         f"({seeded[0]}) measured: " + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
+                progress(f"{step}: default schedule ({seeded[0]}) measured: "
+                         + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
         # Trials left in this run, for the ETA: what each task still needs, at the pace measured so far.
         trials_left = sum(max(request.trials - tuning.trials_done(db_path, database, task, request.trials), 0)
                           for task, _ in tasks)
-        for index, (task, kind) in enumerate(tasks, 1):
-            weight = weights[tuning.workload_key(task)]
-            step = f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{weight})"
+        for step, weight, (task, kind) in zip(steps, calls, tasks):
             have = tuning.trials_done(db_path, database, task, request.trials)
             if have >= request.trials:
                 report.tasks.append(TaskReport(task.task_name, kind, weight, have,

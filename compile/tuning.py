@@ -235,7 +235,8 @@ def record_trials(path: Path, task, trials: int) -> None:
 
     file = Path(path) / TRIALS_FILE
     counts = json.loads(file.read_text()) if file.exists() else {}
-    counts[workload_key(task)] = max(trials, counts.get(workload_key(task), 0))
+    key = workload_key(task)
+    counts[key] = max(trials, counts.get(key, 0))
     file.write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
 
 
