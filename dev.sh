@@ -10,8 +10,9 @@ cd "$(dirname "$0")"
 # Debian packages. Cross linkers: aarch64 and armv7 boards. clang + lld: Android .so without the NDK.
 # qemu-user: the emulated Cortex-A board. pocl + ocl-icd: a real OpenCL compiler for the GPU kernels.
 # openssh-server: the SSH deployment path's tests. procps (pgrep) and binutils (readelf): test tools.
-APT_PACKAGES="python3-venv gcc g++ gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf clang lld qemu-user \
-pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev openssh-server openssh-client procps binutils"
+# g++-aarch64-linux-gnu, make, libstb-dev (stb_image.h): the C++ example app (examples/cpp) for the board.
+APT_PACKAGES="python3-venv gcc g++ make gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf clang lld qemu-user \
+pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev openssh-server openssh-client procps binutils libstb-dev"
 
 setup() {
     local missing=""

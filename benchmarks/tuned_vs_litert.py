@@ -25,7 +25,8 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import numpy as np  # noqa: E402
 
 from compile import pipeline, tuning  # noqa: E402
-from compile.frontend import TensorInfo, load_relax  # noqa: E402
+from compile.frontend import load_relax  # noqa: E402
+from compile.manifest import Manifest  # noqa: E402
 from compile.images import model_inputs  # noqa: E402
 from compile.paths import DEFAULT_OUT  # noqa: E402
 from compile.variants import official_variants  # noqa: E402
@@ -120,18 +121,18 @@ def main() -> int:
     runs = [(width, res, dtype) for width, res in specs for dtype in args.dtypes.split(",")]
     started = time.perf_counter()
     for done, (width, res, dtype) in enumerate(runs):
-        def build(label: str, no_tuning: bool) -> tuple[Path, dict]:
+        def build(label: str, no_tuning: bool) -> tuple[Path, Manifest]:
             request = pipeline.BuildRequest(target="host", width=width, resolution=res, dtype=dtype,
                                             out=args.out / label, no_tuning=no_tuning)
             manifest = pipeline.build(request, progress=lambda m: None)[0]
-            return args.out / label / "host" / manifest["name"], manifest
+            return args.out / label / "host" / manifest.name, manifest
 
         default_dir, manifest = build("default", True)
         mod = load_relax(default_dir / "model.tflite")[0]
         tasks = tuning.classified_tasks(mod, target)
         covered = len(database.coverage(mod, target)[0]) \
             if tuning.has_database(database.path) else 0  # this CPU class has no database
-        inputs = model_inputs([TensorInfo(**t) for t in manifest["inputs"]], seed=0)
+        inputs = model_inputs(manifest.inputs, seed=0)
         invokers = {"default": tvm_invoker(default_dir, inputs),
                     "litert": litert_invoker(default_dir / "model.tflite", inputs, threads)}
         if covered:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import time
@@ -11,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compile import default_schedules, frontend, toolchain
+from compile import manifest as contract
 from compile.errors import UserError
+from compile.manifest import KERNELS, LIBRARY, Manifest
+from compile.threads import profile_threads
 from compile.variants import Variant
 from targets.profiles import Profile
 
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm"}
-LIBRARY = "model.so"
-MANIFEST = "manifest.json"
-KERNELS = "kernels.cl"
 
 
 def elf_machine(path: str | Path) -> str:
@@ -40,6 +39,8 @@ class ModelSource:
     path: Path
     variant: Variant | None = None
     dtype: str | None = None
+    labels: Path | None = None  # class names, one per line in output order
+    value_range: tuple[float, float] = (-1.0, 1.0)  # what pixel values 0..255 map onto
 
     @property
     def name(self) -> str:
@@ -121,7 +122,7 @@ def tuning_line(tuning, profile: Profile, schedules: dict[str, str]) -> str:
 
 
 def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=None, progress=print,
-                   int8_lowering: str = "integer") -> dict:
+                   int8_lowering: str = "integer") -> Manifest:
     """Build source for profile into out_dir; return (and write) the manifest."""
     import tvm
 
@@ -167,41 +168,50 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     machine = elf_machine(library)
     if machine != profile.machine:
         raise UserError(f"{library} was linked for {machine}, but {profile.name} needs {profile.machine}.")
-    model_copy = out_dir / "model.tflite"
+    model_copy = out_dir / contract.MODEL_COPY
     if source.path.resolve() != model_copy.resolve():
         shutil.copyfile(source.path, model_copy)
-    manifest = {
-        "name": source.name,
-        "model": {
-            "source": str(source.path),
-            "sha256": info.sha256,
-            "size_bytes": info.size_bytes,
-            "ops": info.ops,
-            "int8_lowering": int8_lowering,  # what was asked
-            "lowering": info.lowering,  # what was done: float, integer or dequantize
-            "lowering_note": info.lowering_note,
-            "variant": None if source.variant is None else {
-                "width": source.variant.width, "resolution": source.variant.resolution,
-                "dtype": source.dtype, "macs": source.variant.macs, "params": source.variant.params,
-            },
-        },
-        "inputs": [vars(t) for t in info.inputs],
-        "outputs": [vars(t) for t in info.outputs],
-        "target": {"profile": profile.name, "target": profile.target, "host": profile.host,
-                   "tvm": str(profile.tvm_target())},
-        "tvm_version": tvm.__version__,
-        "builder": builder_fingerprint(),
-        "tuning": tuning.summary() if tuning is not None else {"database": None, "tasks": None, "tuned_tasks": 0},
-        "schedules": schedules,  # kernel -> "tuned", the default rule that scheduled it, or "none"
-        "build_seconds": round(time.perf_counter() - started, 3),
-        "library": {"file": LIBRARY, "machine": machine, "size_bytes": library.stat().st_size,
-                    "sha256": sha256_file(library)},
-        "opencl_kernels": None if kernels is None else {"file": KERNELS, "count": len(kernel_names(kernels))},
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    progress(f"[done] {out_dir} ({manifest['build_seconds']:.1f} s, {manifest['library']['size_bytes'] / 1e6:.1f} MB)")
+    if source.labels is not None:
+        shutil.copyfile(source.labels, out_dir / contract.LABELS)
+    else:
+        (out_dir / contract.LABELS).unlink(missing_ok=True)
+    variant = source.variant
+    manifest = Manifest(
+        name=source.name,
+        model=contract.ModelInfo(
+            file=contract.MODEL_COPY, source_name=source.path.name, sha256=info.sha256, size_bytes=info.size_bytes,
+            ops=info.ops, int8_lowering=int8_lowering, lowering=info.lowering, lowering_note=info.lowering_note,
+            variant=None if variant is None else contract.Variant(
+                width=variant.width, resolution=variant.resolution, dtype=source.dtype, macs=variant.macs,
+                params=variant.params)),
+        inputs=info.inputs, outputs=info.outputs,
+        target=contract.TargetInfo(profile=profile.name, target=profile.target, host=profile.host,
+                                   tvm=str(profile.tvm_target())),
+        tvm_version=tvm.__version__,
+        builder=builder_fingerprint(),
+        tuning=tuning.summary() if tuning is not None else {"database": None, "tasks": None, "tuned_tasks": 0},
+        schedules=schedules,
+        build_seconds=round(time.perf_counter() - started, 3),
+        library=contract.LibraryInfo(file=LIBRARY, machine=machine, size_bytes=library.stat().st_size,
+                                     sha256=sha256_file(library)),
+        kernels=None if kernels is None else contract.KernelsInfo(file=KERNELS, count=len(kernel_names(kernels))),
+        app=app_contract(info, profile, source),
+    )
+    manifest.write(out_dir)
+    progress(f"[done] {out_dir} ({manifest.build_seconds:.1f} s, {manifest.library.size_bytes / 1e6:.1f} MB)")
     return manifest
 
 
-def read_manifest(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / MANIFEST).read_text())
+def app_contract(info, profile: Profile, source: ModelSource) -> contract.AppContract:
+    """How an app calls this library (see compile/manifest.py)."""
+    pictures = len(info.inputs) == 1 and len(info.inputs[0].shape) == 4 and info.inputs[0].shape[3] == 3
+    scores = len(info.outputs) == 1 and len(info.outputs[0].shape) == 2
+    return contract.AppContract(
+        runtime="relax-vm", entry="main", calling_sequence=contract.CALLING_SEQUENCE,
+        runtime_libraries=contract.RUNTIME_LIBRARIES, device="opencl" if profile.is_gpu else "cpu",
+        threads=profile_threads(profile),
+        preprocess=contract.Preprocess(value_range=tuple(source.value_range)) if pictures else None,
+        output=("scores per class, the highest is the prediction (dequantize with the output's scale and "
+                "zero point when it is integer)") if scores else "the model's outputs, in the order of `outputs`",
+        labels=contract.LABELS if source.labels is not None else None,
+    )

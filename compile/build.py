@@ -30,11 +30,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="quantized models: integer kernels (default; bit-exact with TFLite's reference "
                              "kernels) or float (TVM's dequantize -> float op -> quantize)")
     parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
+    parser.add_argument("--labels", type=Path, metavar="FILE.txt",
+                        help="class names, one per line in output order: shipped as labels.txt for apps")
+    parser.add_argument("--input-range", default="-1,1", metavar="LO,HI",
+                        help="what the model's input expects for pixel values 0..255, for apps (default -1,1: "
+                             "MobileNetV2's x / 127.5 - 1)")
     parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (every kernel gets its default schedule)")
     parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
     parser.add_argument("--all-variants", action="store_true", help="build the 22 published variants")
-    parser.add_argument("--bundle-runtime", action="store_true", help="copy the matching TVM runtime beside the model")
+    parser.add_argument("--bundle-runtime", action="store_true",
+                        help="copy the TVM runtime libraries an app needs into runtime/ beside the model "
+                             "(Linux x86_64 and aarch64 targets; see the README's Ship it)")
     parser.add_argument("--verify", action="store_true", help="host target only: run and check against LiteRT")
     parser.add_argument("--force", action="store_true", help="rebuild even when dist/ is up to date")
     parser.add_argument("--list-variants", action="store_true", help="print the 22 published variants")
@@ -101,6 +108,7 @@ def main(argv=None) -> int:
         describe(args.describe, args.json)
         return 0
     from compile import pipeline, runtime_bundle
+    from compile.cli_common import parse_range
     from compile.paths import DEFAULT_OUT
 
     request = pipeline.BuildRequest(
@@ -108,13 +116,17 @@ def main(argv=None) -> int:
         int8_lowering=args.int8_lowering,
         tuning_log=args.tuning_log, no_tuning=args.no_tuning, out=args.out or DEFAULT_OUT,
         all_variants=args.all_variants,
-        force=args.force,
+        force=args.force, labels=args.labels, value_range=parse_range(args.input_range, "--input-range"),
     )
+    from targets.profiles import load_profile
+
+    if args.bundle_runtime:  # before building: a target no prebuilt runtime serves fails at once
+        runtime_bundle.check_bundle(load_profile(args.target))
     manifests = pipeline.build(request)
-    out_dirs = [Path(request.out) / m["target"]["profile"] / m["name"] for m in manifests]
+    out_dirs = [Path(request.out) / m.target.profile / m.name for m in manifests]
     if args.bundle_runtime:
         for out_dir in out_dirs:
-            runtime_bundle.bundle(out_dir, manifests[0]["library"]["machine"], progress=print)
+            runtime_bundle.bundle(out_dir, load_profile(args.target), progress=print)
     if args.verify:
         return verify(args.target, out_dirs)
     return 0

@@ -37,3 +37,14 @@ def parse_host_port(text: str, flag: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise UserError(f"{flag} takes host:port (for example 127.0.0.1:9190), not {text!r}.")
     return host, int(port)
+
+
+def parse_range(text: str, flag: str) -> tuple[float, float]:
+    """"LO,HI" -> (lo, hi) with lo < hi."""
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes two numbers LO,HI (for example -1,1 or 0,1), not {text!r}.") from None
+    if not lo < hi:
+        raise UserError(f"{flag} {text}: LO must be below HI (for example -1,1 or 0,1).")
+    return lo, hi

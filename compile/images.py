@@ -39,8 +39,9 @@ def synthetic_images(count: int, resolution: int, seed: int = 0) -> np.ndarray:
     return images
 
 
-def load_photo(path: str | Path, resolution: int) -> np.ndarray:
-    """[1, res, res, 3] float32: resized RGB scaled to [-1, 1] (x / 127.5 - 1)."""
+def load_photo(path: str | Path, resolution: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """[1, res, res, 3] float32: resized RGB (bilinear), pixel values 0..255 mapped linearly onto
+    value_range (MobileNetV2's [-1, 1] by default), computed as the example apps do (examples/)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -48,7 +49,17 @@ def load_photo(path: str | Path, resolution: int) -> np.ndarray:
             rgb = img.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"Cannot read the image {path}: {err}. Give a PNG or JPEG file.") from err
-    return (np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)[None]
+    lo, hi = value_range
+    return (lo + np.asarray(rgb, dtype=np.float64) / 255.0 * (hi - lo)).astype(np.float32)[None]
+
+
+def picture_input(path: str | Path, spec, preprocess) -> np.ndarray:
+    """A picture as the model input `spec` (a TensorInfo, NHWC, square) by a manifest's
+    app.preprocess: quantized with the input's scale and zero point when the input is integer."""
+    x = load_photo(path, spec.shape[1], preprocess.value_range)
+    if spec.quantized:
+        return quantize_input(x, spec.scale[0], spec.zero_point[0], spec.dtype)
+    return x.astype(spec.dtype)
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from compile import artifact, generate, isolated
 from compile.errors import UserError
+from compile.manifest import LABELS, LIBRARY, Manifest
 from compile.paths import DEFAULT_OUT
 from compile.variants import Variant, official_variants
 from targets.profiles import Profile, load_profile
@@ -29,6 +29,8 @@ class BuildRequest:
     out: Path = DEFAULT_OUT
     all_variants: bool = False
     force: bool = False  # rebuild even when dist/ already holds the same build
+    labels: Path | None = None  # class names, one per line in output order: shipped as labels.txt
+    value_range: tuple[float, float] = (-1.0, 1.0)  # the input's values for pixels 0..255 (the app contract)
 
 
 def artifact_dir(out: Path, profile: Profile, source: artifact.ModelSource) -> Path:
@@ -48,6 +50,13 @@ def generated_source(variant: Variant, dtype: str, out: Path) -> artifact.ModelS
 
 
 def sources(request: BuildRequest) -> list[artifact.ModelSource]:
+    if request.labels is not None and not Path(request.labels).is_file():
+        raise UserError(f"--labels {request.labels}: no such file (give a text file, one class name per line).")
+    return [replace(source, labels=request.labels, value_range=tuple(map(float, request.value_range)))
+            for source in _model_sources(request)]
+
+
+def _model_sources(request: BuildRequest) -> list[artifact.ModelSource]:
     if request.model is not None:
         if request.all_variants:
             raise UserError("--model and --all-variants exclude each other: build one file, or the 22 variants.")
@@ -88,20 +97,24 @@ def tuning_note(request: BuildRequest, profile: Profile) -> str | None:
 
 def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, tuning, lowering: str) -> bool:
     try:
-        manifest = artifact.read_manifest(out_dir)
-    except (OSError, json.JSONDecodeError):
+        manifest = Manifest.read(out_dir)
+    except UserError:  # none, damaged or of an older schema: rebuild
         return False
+    labels = out_dir / LABELS
     return (
-        (out_dir / artifact.LIBRARY).exists()
-        and manifest["model"]["sha256"] == artifact.sha256_file(source.path)
-        and manifest["target"]["tvm"] == str(profile.tvm_target())
-        and manifest["tuning"].get("fingerprint") == (tuning.fingerprint() if tuning else None)
-        and manifest["model"].get("int8_lowering") == lowering
-        and manifest.get("builder") == artifact.builder_fingerprint()
+        (out_dir / LIBRARY).exists()
+        and manifest.model.sha256 == artifact.sha256_file(source.path)
+        and manifest.target.tvm == str(profile.tvm_target())
+        and manifest.tuning.get("fingerprint") == (tuning.fingerprint() if tuning else None)
+        and manifest.model.int8_lowering == lowering
+        and manifest.builder == artifact.builder_fingerprint()
+        and (manifest.app.preprocess is None or manifest.app.preprocess.value_range == source.value_range)
+        and (labels.read_bytes() if labels.exists() else None)
+        == (Path(source.labels).read_bytes() if source.labels else None)
     )
 
 
-def build(request: BuildRequest, progress=print) -> list[dict]:
+def build(request: BuildRequest, progress=print) -> list[Manifest]:
     """Build every requested model for the target; returns one manifest per artifact."""
     profile = load_profile(request.target)
     tuning = tuning_for(request, profile)
@@ -115,7 +128,7 @@ def build(request: BuildRequest, progress=print) -> list[dict]:
         prefix = f"({index}/{len(todo)}) " if len(todo) > 1 else ""
         if not request.force and _up_to_date(out_dir, source, profile, tuning, request.int8_lowering):
             progress(f"{prefix}[skip] {out_dir} is up to date")
-            manifests.append(artifact.read_manifest(out_dir))
+            manifests.append(Manifest.read(out_dir))
             continue
         # In a child process: a crash in TVM's native code on some file must not take the caller with it.
         manifests.append(isolated.call(

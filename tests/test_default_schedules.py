@@ -186,3 +186,16 @@ def _vectorized_extent(func) -> int:
     extents = re.findall(r"in T\.vectorized\(T\.int64\((\d+)\)\):\n(?:.*\n){0,3}?.*conv2d_nhwc_update", func.script())
     assert extents, func.script()
     return int(extents[0])
+
+
+def test_a_reduction_no_rule_takes_is_reported_unscheduled_and_stays_correct():
+    """A batched matmul (a 3-D weight: no rule's kind) must not be claimed by Elementwise, which would
+    report "default schedule" over a plain reduction loop: it is named "none" and still computes right."""
+    from tvm import relax
+
+    a = np.random.default_rng(0).normal(size=(2, 5, 7)).astype("float32")
+    b = np.random.default_rng(1).normal(size=(2, 7, 3)).astype("float32")
+    mod = _relax_function(lambda x, y: relax.op.matmul(x, y), ((2, 5, 7), "float32"), ((2, 7, 3), "float32"))
+    got, applied = _run(mod, a, b)
+    assert list(applied.values()) == ["none"], applied
+    np.testing.assert_allclose(got, np.einsum("bij,bjk->bik", a.astype(np.float64), b), rtol=1e-5, atol=1e-5)

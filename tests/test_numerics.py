@@ -6,7 +6,7 @@ import pytest
 
 from compile import pipeline
 from compile.generate import write_variant
-from compile.images import load_photo, quantize_input
+from compile.images import load_photo, picture_input
 from compile.variants import Variant
 from deploy.check import check_artifact
 from deploy.session import LocalSession
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def build_host(model: Path, out: Path) -> Path:
     manifest = pipeline.build(pipeline.BuildRequest(target="host", model=model, out=out), progress=lambda m: None)[0]
-    return out / "host" / manifest["name"]
+    return out / "host" / manifest.name
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
@@ -47,16 +47,11 @@ REAL_MODELS = {
 @pytest.mark.parametrize("kind", sorted(REAL_MODELS))
 def test_real_trained_model_on_photos(kind, shared_models, shared_images, work):
     """Top-5 identical to LiteRT for float files, top-1 for quantized ones, on real photos."""
-    from compile.artifact import read_manifest
+    from compile.manifest import Manifest
 
     out_dir = build_host(shared_models / REAL_MODELS[kind], work / "real")
-    spec = read_manifest(out_dir)["inputs"][0]
-    photos = []
-    for image in shared_images:
-        x = load_photo(image, spec["shape"][1])
-        if spec["dtype"] != "float32":
-            x = quantize_input(x, spec["scale"][0], spec["zero_point"][0], spec["dtype"])
-        photos.append([x])
+    manifest = Manifest.read(out_dir)
+    photos = [[picture_input(image, manifest.inputs[0], manifest.app.preprocess)] for image in shared_images]
     with LocalSession() as session:
         result = check_artifact(out_dir, session, inputs=photos)
     assert len(result.checks) == len(shared_images) == 4

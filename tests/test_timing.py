@@ -14,3 +14,4 @@ def test_slow_devices_run_fewer_runs_per_repeat_first_then_fewer_repeats():
     number, repeat = fit_timing(10, 20, 5.0, 60)
     assert number == 1 and repeat == 12 and number * repeat * 5.0 <= 60
     assert fit_timing(10, 20, 50.0, 60) == (1, 3)  # never fewer than 3 repeats: a median needs them
+    assert fit_timing(10, 2, 50.0, 60) == (1, 2)  # nor more repeats than asked for

@@ -1,6 +1,5 @@
 """MetaSchedule tuning: task classification, local and RPC tuning, resume, and the build applying it."""
 
-import json
 import re
 import subprocess
 
@@ -10,6 +9,7 @@ from rpc_helpers import tracker_with_servers
 
 from compile import default_schedules, pipeline, tune_job, tuning
 from compile.frontend import load_relax
+from compile.manifest import Manifest
 from compile.generate import write_variant
 from compile.variants import Variant
 from deploy import emulated_board
@@ -88,11 +88,11 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     assert built.returncode == 0, built.stderr
     assert "get default schedules" in built.stderr  # the warning names the tasks without a record
     assert "1/33 kernels from the database" in built.stdout
-    manifest = json.loads((tmp_path / "dist" / "host" / small_model.stem / "manifest.json").read_text())
-    assert manifest["tuning"]["tuned_tasks"] == 1 and manifest["tuning"]["tasks"] == 33
-    assert len(manifest["tuning"]["untuned"]) == 32
-    assert manifest["schedules"][next(t.task_name for t, kind in tasks if kind == "stem")] == "tuned"
-    assert sum(how == "tuned" for how in manifest["schedules"].values()) == 1
+    manifest = Manifest.read(tmp_path / "dist" / "host" / small_model.stem)
+    assert manifest.tuning["tuned_tasks"] == 1 and manifest.tuning["tasks"] == 33
+    assert len(manifest.tuning["untuned"]) == 32
+    assert manifest.schedules[next(t.task_name for t, kind in tasks if kind == "stem")] == "tuned"
+    assert sum(how == "tuned" for how in manifest.schedules.values()) == 1
     assert ": OK: " in built.stdout  # tuned code is still correct
     # What the library holds, not what the manifest says: against an untuned build, the stem's kernel
     # (the one tuned task) is other code, and the untuned kernels are the same code.
