@@ -183,7 +183,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
             ops=info.ops, int8_lowering=int8_lowering, lowering=info.lowering, lowering_note=info.lowering_note,
             variant=None if variant is None else contract.Variant(
                 width=variant.width, resolution=variant.resolution, dtype=source.dtype, macs=variant.macs,
-                params=variant.params)),
+                params=variant.params, expansion=variant.expansion, classes=variant.num_classes)),
         inputs=info.inputs, outputs=info.outputs,
         target=contract.TargetInfo(profile=profile.name, target=profile.target, host=profile.host,
                                    tvm=str(profile.tvm_target())),

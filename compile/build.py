@@ -1,6 +1,8 @@
 """Build MobileNetV2 variants (or any .tflite) into deployable TVM artifacts.
 
     python compile/build.py --target arm_cpu --width 1.0
+    python compile/build.py --target rasp4b --width 0.35,0.5 --res 96,128 --dtype float32,int8
+    python compile/build.py --target rasp5 --model my_model.tflite --labels labels.txt --bundle-runtime
     python compile/build.py --list-variants [--json]
     python compile/build.py --list-targets
 """
@@ -17,28 +19,21 @@ if __package__ in (None, ""):
     # libraries; the project root takes its place so `compile`, `deploy` and `targets` import.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import run_main  # noqa: E402
+from compile.cli_common import add_model_flags, run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="arm_cpu", help="device profile in targets/ (default: arm_cpu)")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier, 0.35-1.4 (default 1.0)")
-    parser.add_argument("--res", type=int, default=224, help="input resolution, 96-224 (default 224)")
-    parser.add_argument("--dtype", default="float32", help="float32 or int8 (default float32)")
+    add_model_flags(parser, default_target="arm_cpu")
     parser.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
                         help="quantized models: integer kernels (default; bit-exact with TFLite's reference "
                              "kernels) or float (TVM's dequantize -> float op -> quantize)")
-    parser.add_argument("--model", type=Path, help="build this .tflite file instead of a generated variant")
     parser.add_argument("--labels", type=Path, metavar="FILE.txt",
                         help="class names, one per line in output order: shipped as labels.txt for apps")
     parser.add_argument("--input-range", default="-1,1", metavar="LO,HI",
                         help="what the model's input expects for pixel values 0..255, for apps (default -1,1: "
                              "MobileNetV2's x / 127.5 - 1)")
-    parser.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (every kernel gets its default schedule)")
-    parser.add_argument("--out", type=Path, help="output folder (default: dist/)")
-    parser.add_argument("--all-variants", action="store_true", help="build the 22 published variants")
     parser.add_argument("--bundle-runtime", action="store_true",
                         help="copy the TVM runtime libraries an app needs into runtime/ beside the model "
                              "(Linux x86_64 and aarch64 targets; see the README's Ship it)")
@@ -108,25 +103,24 @@ def main(argv=None) -> int:
         describe(args.describe, args.json)
         return 0
     from compile import pipeline, runtime_bundle
-    from compile.cli_common import parse_range
+    from compile.cli_common import model_selection, parse_range
     from compile.paths import DEFAULT_OUT
-
-    request = pipeline.BuildRequest(
-        target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
-        int8_lowering=args.int8_lowering,
-        tuning_log=args.tuning_log, no_tuning=args.no_tuning, out=args.out or DEFAULT_OUT,
-        all_variants=args.all_variants,
-        force=args.force, labels=args.labels, value_range=parse_range(args.input_range, "--input-range"),
-    )
     from targets.profiles import load_profile
 
+    profile = load_profile(args.target)  # an unknown target fails before anything is generated
     if args.bundle_runtime:  # before building: a target no prebuilt runtime serves fails at once
-        runtime_bundle.check_bundle(load_profile(args.target))
-    manifests = pipeline.build(request)
-    out_dirs = [Path(request.out) / m.target.profile / m.name for m in manifests]
-    if args.bundle_runtime:
-        for out_dir in out_dirs:
-            runtime_bundle.bundle(out_dir, load_profile(args.target), progress=print)
+        runtime_bundle.check_bundle(profile)
+    requests = model_selection(args).requests(
+        target=args.target, int8_lowering=args.int8_lowering, tuning_log=args.tuning_log, no_tuning=args.no_tuning,
+        out=args.out or DEFAULT_OUT, force=args.force, labels=args.labels,
+        value_range=parse_range(args.input_range, "--input-range"))
+    out_dirs = []
+    for index, (label, request) in enumerate(requests, 1):
+        prefix = f"({index}/{len(requests)}) " if len(requests) > 1 else ""
+        manifest = pipeline.build(request, progress=lambda m: print(prefix + m))[0]
+        out_dirs.append(Path(request.out) / manifest.target.profile / manifest.name)
+        if args.bundle_runtime:
+            runtime_bundle.bundle(out_dirs[-1], profile, progress=lambda m: print(prefix + m))
     if args.verify:
         return verify(args.target, out_dirs)
     return 0
@@ -151,5 +145,10 @@ def verify(target: str, out_dirs: list[Path]) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console entry point (pyproject.toml's [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -3,6 +3,7 @@ ours exit code 3 with what to report."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import traceback
@@ -48,3 +49,44 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
     if not lo < hi:
         raise UserError(f"{flag} {text}: LO must be below HI (for example -1,1 or 0,1).")
     return lo, hi
+
+
+def _listed(kind, what: str):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, not {text!r}") from None
+    return parse
+
+
+def add_model_flags(parser: argparse.ArgumentParser, default_target: str) -> None:
+    """--target and the flags that choose models, the same in build, tune and bench."""
+    parser.add_argument("--target", default=default_target, help=f"device profile in targets/ (default: {default_target})")
+    what = parser.add_argument_group("models (the same flags in build, tune and bench)")
+    what.add_argument("--width", "--widths", dest="widths", type=_listed(float, "numbers"), default=[1.0],
+                      help="width multipliers 0.35-1.4, comma-separated (default 1.0)")
+    what.add_argument("--res", "--resolution", "--resolutions", dest="resolutions", type=_listed(int, "whole numbers"),
+                      default=[224], help="input resolutions 96-224, comma-separated (default 224)")
+    what.add_argument("--dtype", "--dtypes", dest="dtypes", type=_listed(str, "names"), default=["float32"],
+                      help="float32, int8 or float32,int8 (default float32)")
+    what.add_argument("--all-official", "--all-variants", dest="all_official", action="store_true",
+                      help="the 22 published variants (the paper's Table 3) instead of widths x resolutions")
+    what.add_argument("--expansion", type=int, default=6, metavar="T",
+                      help="generated variants: the bottlenecks' expansion factor, 5-10 (default 6, Table 2's)")
+    what.add_argument("--classes", type=int, default=1000, metavar="N",
+                      help="generated variants: classes of the classifier (default 1000)")
+    what.add_argument("--model", dest="models", type=Path, action="append", default=[], metavar="FILE.tflite",
+                      help="this TFLite file instead of the variants (repeat for several)")
+    what.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/, "
+                      "for host tuning_logs/host/<CPU class>/)")
+    what.add_argument("--out", type=Path, help="artifact folder: dist/<target>/<model>/ (default: dist/)")
+
+
+def model_selection(args):
+    """The ModelSelection the flags of add_model_flags chose."""
+    from compile.pipeline import ModelSelection
+
+    return ModelSelection(widths=args.widths, resolutions=args.resolutions, dtypes=args.dtypes,
+                          all_official=args.all_official, models=args.models, expansion=args.expansion,
+                          classes=args.classes)

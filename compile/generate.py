@@ -95,7 +95,7 @@ def build_graph(variant: Variant, dtype: str, outputs: tuple[str, ...] = ("proba
     """The variant's TFLite graph; `outputs` names the tensors the model returns (layer names)."""
     if dtype not in DTYPES:
         raise UserError(f"Unknown dtype {dtype!r}: generated variants come as {' or '.join(DTYPES)}.")
-    weights = generate_weights(variant.width, variant.num_classes, GENERATOR_SEED)
+    weights = generate_weights(variant.width, variant.num_classes, GENERATOR_SEED, variant.expansion)
     ranges = None
     if dtype == "int8":
         ranges = activation_ranges(variant, weights)

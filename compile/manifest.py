@@ -42,6 +42,8 @@ class Variant:
     dtype: str
     macs: int
     params: int
+    expansion: int  # the bottlenecks' t (Table 2: 6)
+    classes: int
 
 
 @dataclass

@@ -5,14 +5,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from compile import artifact, generate, isolated
 from compile.errors import UserError
 from compile.manifest import LABELS, LIBRARY, Manifest
 from compile.paths import DEFAULT_OUT
-from compile.variants import Variant, official_variants
+from compile.variants import EXPANSION, NUM_CLASSES, Variant, official_variants
 from targets.profiles import Profile, load_profile
 
 
@@ -31,6 +31,41 @@ class BuildRequest:
     force: bool = False  # rebuild even when dist/ already holds the same build
     labels: Path | None = None  # class names, one per line in output order: shipped as labels.txt
     value_range: tuple[float, float] = (-1.0, 1.0)  # the input's values for pixels 0..255 (the app contract)
+    expansion: int = EXPANSION  # generated variants: the bottlenecks' expansion factor t
+    classes: int = NUM_CLASSES  # generated variants: outputs of the classifier
+
+
+@dataclass
+class ModelSelection:
+    """Which models a command works on, chosen by the same flags in build, tune and bench
+    (cli_common.add_model_flags): the given .tflite files, or variants."""
+
+    widths: list[float] = field(default_factory=lambda: [1.0])
+    resolutions: list[int] = field(default_factory=lambda: [224])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    all_official: bool = False  # the 22 published variants instead of widths x resolutions
+    models: list[Path] = field(default_factory=list)
+    expansion: int = EXPANSION
+    classes: int = NUM_CLASSES
+
+    def requests(self, **common) -> list[tuple[str, BuildRequest]]:
+        """(label, BuildRequest) per model; `common` holds the other BuildRequest fields."""
+        if self.models and self.all_official:
+            raise UserError("--model and --all-official exclude each other: the files, or the 22 variants.")
+        missing = [str(path) for path in self.models if not Path(path).is_file()]
+        if missing:
+            raise UserError(f"No such model file: {', '.join(missing)}.")
+        if self.models:
+            return [(Path(path).name, BuildRequest(model=Path(path), **common)) for path in self.models]
+        unknown = [d for d in self.dtypes if d not in generate.DTYPES]
+        if unknown or not self.dtypes:
+            raise UserError(f"Unknown --dtype {','.join(unknown)!r}: use {' or '.join(generate.DTYPES)} (or both, comma-separated).")
+        sizes = [(v.width, v.resolution) for v in official_variants()] if self.all_official else [
+            (w, r) for w in self.widths for r in self.resolutions]
+        variants = [Variant(w, r, self.classes, self.expansion) for w, r in sizes]
+        return [(f"{v.tag} {dtype}", BuildRequest(width=v.width, resolution=v.resolution, dtype=dtype,
+                                                  expansion=v.expansion, classes=v.num_classes, **common))
+                for dtype in self.dtypes for v in variants]
 
 
 def artifact_dir(out: Path, profile: Profile, source: artifact.ModelSource) -> Path:
@@ -63,7 +98,9 @@ def _model_sources(request: BuildRequest) -> list[artifact.ModelSource]:
         return [artifact.ModelSource(Path(request.model))]
     if request.dtype not in generate.DTYPES:
         raise UserError(f"Unknown --dtype {request.dtype!r}: use {' or '.join(generate.DTYPES)}.")
-    variants = official_variants() if request.all_variants else [Variant(request.width, request.resolution)]
+    sizes = [(v.width, v.resolution) for v in official_variants()] if request.all_variants else \
+        [(request.width, request.resolution)]
+    variants = [Variant(w, r, request.classes, request.expansion) for w, r in sizes]
     return [generated_source(v, request.dtype, request.out) for v in variants]
 
 

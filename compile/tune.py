@@ -18,27 +18,20 @@ if __package__ in (None, ""):
     # `python compile/tune.py` puts compile/ first on sys.path; the project root takes its place.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import run_main  # noqa: E402
+from compile.cli_common import add_model_flags, run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default="host", help="device profile in targets/ (default: host)")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--res", type=int, default=224)
-    p.add_argument("--dtype", default="float32")
+    add_model_flags(p, default_target="host")
     p.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
                    help="quantized models: integer kernels (default) or float (TVM's dequantize path)")
-    p.add_argument("--model", type=Path, help="tune this .tflite file instead of a generated variant")
-    p.add_argument("--all-variants", action="store_true",
-                   help="the 22 published variants at once: each distinct task once, the most time first")
     p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32)")
     p.add_argument("--minutes", type=float, help="start no new task after this many minutes")
     p.add_argument("--kinds", default="all", help="depthwise,pointwise,stem,other or all (default all)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")
     p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
     p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
-    p.add_argument("--tuning-log", type=Path, help="database folder (default: tuning_logs/<target>/, for host tuning_logs/host/<CPU class>/)")
     p.add_argument("--compact", type=int, metavar="N", help="no tuning: keep the N best records per workload "
                    "(the trials done are remembered) so builds load the database fast; then exit")
     return p.parse_args(argv)
@@ -48,13 +41,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.compact is not None:
         return compact(args)
-    from compile.pipeline import BuildRequest
     from compile.tune_job import KINDS, TuneRequest, tune
     from compile.cli_common import parse_host_port
 
     request = TuneRequest(
-        BuildRequest(target=args.target, width=args.width, resolution=args.res, dtype=args.dtype, model=args.model,
-                     tuning_log=args.tuning_log, int8_lowering=args.int8_lowering, all_variants=args.all_variants),
+        tuned_model(args),
         trials=args.trials, minutes=args.minutes,
         kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
         rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,
@@ -70,6 +61,28 @@ def main(argv=None) -> int:
           f"({len(report.tasks) - done_before} tasks tuned now, {done_before} done before); "
           "estimated time per inference by kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
     return 0
+
+
+def tuned_model(args):
+    """The one BuildRequest a tuning run takes: one model, one variant, or --all-official (in one dtype),
+    whose distinct tasks are tuned once each."""
+    from dataclasses import replace
+
+    from compile.cli_common import model_selection
+    from compile.errors import UserError
+    from compile.paths import DEFAULT_OUT
+
+    selection = model_selection(args)
+    common = dict(target=args.target, tuning_log=args.tuning_log, int8_lowering=args.int8_lowering,
+                  out=args.out or DEFAULT_OUT)
+    if selection.all_official and len(selection.dtypes) == 1 and not selection.models:
+        return replace(selection.requests(**common)[0][1], all_variants=True)
+    requests = selection.requests(**common)
+    if len(requests) != 1:
+        raise UserError(f"Tune one model at a time ({len(requests)} chosen: "
+                        f"{', '.join(label for label, _ in requests[:4])}...), or --all-official in one --dtype, "
+                        f"which tunes each distinct kernel of the 22 variants once.")
+    return requests[0][1]
 
 
 def compact(args) -> int:
@@ -88,5 +101,10 @@ def compact(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console entry point (pyproject.toml's [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,6 +1,8 @@
 """MobileNetV2 as the paper's Table 2: layer list, channel rule, multiply-adds and parameters.
 
-A variant is (width multiplier, input resolution). Channel counts follow the reference
+A variant is (width multiplier, input resolution), and for exploring the trade-off further the
+paper's other knobs: the expansion factor t of the bottlenecks (Table 2's 6; the paper finds 5-10
+give nearly the same curves) and the number of classes. Channel counts follow the reference
 implementations (TF-slim, Keras): scale by the width, round to a multiple of 8, never below 90% of
 the scaled value. The last 1x1 conv stays 1280 for widths <= 1.0 and is scaled above.
 """
@@ -14,6 +16,8 @@ from compile.errors import UserError
 WIDTH_RANGE = (0.35, 1.4)
 RESOLUTION_RANGE = (96, 224)
 NUM_CLASSES = 1000
+EXPANSION = 6  # Table 2's t for every bottleneck but the first (t = 1)
+EXPANSION_RANGE = (5, 10)
 
 # Table 2 of Sandler et al.: (expansion t, output channels c, repeats n, first stride s).
 BOTTLENECKS = (
@@ -105,6 +109,7 @@ class Variant:
     width: float
     resolution: int
     num_classes: int = NUM_CLASSES
+    expansion: int = EXPANSION
 
     def __post_init__(self):
         lo, hi = WIDTH_RANGE
@@ -119,16 +124,22 @@ class Variant:
                 f"Input resolution {self.resolution} is out of range: use a whole number of pixels "
                 f"between {lo} and {hi} (the published ones are 96, 128, 160, 192 and 224)."
             )
-        if self.num_classes < 1:
-            raise UserError(f"The classifier needs at least one class, not {self.num_classes}.")
+        if not (isinstance(self.num_classes, int) and 1 <= self.num_classes <= 100_000):
+            raise UserError(f"--classes {self.num_classes}: the classifier takes 1 to 100000 classes.")
+        lo, hi = EXPANSION_RANGE
+        if not (isinstance(self.expansion, int) and lo <= self.expansion <= hi):
+            raise UserError(f"--expansion {self.expansion} is out of range: the paper explores expansion factors "
+                            f"{lo} to {hi} (whole numbers; 6 is Table 2's).")
 
     @property
     def tag(self) -> str:
-        return f"{self.width:g}_{self.resolution}"
+        knobs = (f"_t{self.expansion}" if self.expansion != EXPANSION else "") + \
+            (f"_c{self.num_classes}" if self.num_classes != NUM_CLASSES else "")
+        return f"{self.width:g}_{self.resolution}{knobs}"
 
     @property
     def layers(self) -> tuple[Layer, ...]:
-        return build_layers(self.width, self.resolution, self.num_classes)
+        return build_layers(self.width, self.resolution, self.num_classes, self.expansion)
 
     @property
     def macs(self) -> int:
@@ -140,15 +151,17 @@ class Variant:
 
     @property
     def is_official(self) -> bool:
-        return (self.width, self.resolution) in OFFICIAL_TABLE
+        return (self.width, self.resolution) in OFFICIAL_TABLE and \
+            (self.num_classes, self.expansion) == (NUM_CLASSES, EXPANSION)
 
 
 def _same_out(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def build_layers(width: float, resolution: int, num_classes: int) -> tuple[Layer, ...]:
-    """The op list of MobileNetV2 at this width and resolution, in execution order."""
+def build_layers(width: float, resolution: int, num_classes: int, expansion: int = EXPANSION) -> tuple[Layer, ...]:
+    """The op list of MobileNetV2 at this width and resolution, in execution order; `expansion`
+    replaces Table 2's t = 6 (the first bottleneck keeps t = 1)."""
     layers: list[Layer] = []
     size = resolution
     channels = make_divisible(STEM_CHANNELS * width)
@@ -156,14 +169,15 @@ def build_layers(width: float, resolution: int, num_classes: int) -> tuple[Layer
     layers.append(Layer("conv", "stem", ("input",), 3, channels, 3, 2, True, size, out))
     size, current = out, "stem"
     index = 0
-    for expansion, base_channels, repeats, first_stride in BOTTLENECKS:
+    for table_expansion, base_channels, repeats, first_stride in BOTTLENECKS:
+        t = expansion if table_expansion == EXPANSION else table_expansion
         out_channels = make_divisible(base_channels * width)
         for repeat in range(repeats):
             stride = first_stride if repeat == 0 else 1
             prefix = f"block{index}"
             block_input, in_channels = current, channels
-            hidden = in_channels * expansion
-            if expansion != 1:
+            hidden = in_channels * t
+            if t != 1:
                 layers.append(
                     Layer("conv", f"{prefix}_expand", (current,), in_channels, hidden, 1, 1, True, size, size)
                 )

@@ -15,7 +15,7 @@ import numpy as np
 
 from compile import float_forward
 from compile.images import synthetic_images
-from compile.variants import Layer, build_layers
+from compile.variants import EXPANSION, Layer, build_layers
 
 # Weights do not depend on the input resolution (as for the published checkpoints): they are
 # calibrated once per width at this resolution and reused for every resolution.
@@ -49,10 +49,12 @@ def _target_stats(layer: Layer, residual: bool, rng: np.random.Generator) -> tup
 
 
 @functools.lru_cache(maxsize=8)
-def generate_weights(width: float, num_classes: int, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def generate_weights(width: float, num_classes: int, seed: int = 0,
+                     expansion: int = EXPANSION) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{layer name: (weight, bias)} in TFLite layouts, float32, batch norm folded."""
-    layers = build_layers(width, CALIBRATION_RESOLUTION, num_classes)
-    rng = np.random.default_rng([seed, round(width * 1000), num_classes])
+    layers = build_layers(width, CALIBRATION_RESOLUTION, num_classes, expansion)
+    # Table 2's t keeps the seed it always had: the same bytes as before the knob existed.
+    rng = np.random.default_rng([seed, round(width * 1000), num_classes] + ([expansion] if expansion != EXPANSION else []))
     images = synthetic_images(CALIBRATION_IMAGES, CALIBRATION_RESOLUTION, seed=1000 + seed)
     tensors = {"input": images.astype(np.float64)}
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}

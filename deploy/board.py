@@ -45,5 +45,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console entry point (pyproject.toml's [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -66,5 +66,10 @@ def main(argv=None) -> int:
     return 0 if all(p.ok for p in predictions) else 1
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console entry point (pyproject.toml's [project.scripts])."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

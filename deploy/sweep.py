@@ -16,7 +16,6 @@ from compile.errors import UserError
 from compile.manifest import LIBRARY, MODEL_COPY, Manifest
 from compile.paths import DEFAULT_OUT
 from compile.images import model_inputs
-from compile.variants import Variant, official_variants
 from deploy import loopback, report, results
 from deploy.measure import DeviceError, TimingSettings, run_on_device
 from deploy.check import compare_with_litert
@@ -27,40 +26,22 @@ from deploy.session import Endpoint
 class SweepConfig:
     target: str
     endpoint: Endpoint | None  # None: this machine, no RPC
-    widths: list[float] = field(default_factory=lambda: [1.0])
-    resolutions: list[int] = field(default_factory=lambda: [224])
-    dtypes: list[str] = field(default_factory=lambda: ["float32"])
-    all_official: bool = False
-    models: list[Path] = field(default_factory=list)  # any .tflite files, swept instead of the variants
+    selection: pipeline.ModelSelection = field(default_factory=pipeline.ModelSelection)
     timing: TimingSettings = field(default_factory=TimingSettings)
     timeout: float = 300.0  # per variant, for everything done on the device
     key_wait: float = 10.0  # bounded wait for the tracker to offer the key
     verify_inputs: int = 1
-    out: Path = Path("results")
-    dist: Path = DEFAULT_OUT
+    results: Path = Path("results")
+    dist: Path = DEFAULT_OUT  # artifacts
     tuning_log: Path | None = None
     device_label: str = ""
     emulated: bool = False
     force: bool = False  # measure again even what an identical earlier measurement covers
 
 
-def variant_list(config: SweepConfig) -> list[tuple[Variant, str]]:
-    chosen = official_variants() if config.all_official else [
-        Variant(w, r) for w in config.widths for r in config.resolutions
-    ]
-    return [(v, dtype) for dtype in config.dtypes for v in chosen]
-
-
 def build_jobs(config: SweepConfig) -> list[tuple[str, pipeline.BuildRequest]]:
     """(label, build request) for each model of the sweep: the given files, or the variants."""
-    if config.models:
-        return [(path.name, pipeline.BuildRequest(target=config.target, model=path, out=config.dist,
-                                                  tuning_log=config.tuning_log))
-                for path in config.models]
-    return [(f"{variant.tag} {dtype}",
-             pipeline.BuildRequest(target=config.target, width=variant.width, resolution=variant.resolution,
-                                   dtype=dtype, out=config.dist, tuning_log=config.tuning_log))
-            for variant, dtype in variant_list(config)]
+    return config.selection.requests(target=config.target, out=config.dist, tuning_log=config.tuning_log)
 
 
 def _device_label(config: SweepConfig) -> str:
@@ -122,7 +103,7 @@ def _check_device(config: SweepConfig) -> None:
 def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResult]:
     """Run every model of the sweep; returns this run's results. A model whose identical measurement
     (same library, database, timing and device) is in results.jsonl keeps it, unless config.force."""
-    path = Path(config.out) / "results.jsonl"
+    path = Path(config.results) / "results.jsonl"
     todo = build_jobs(config)
     done = {r.measurement: r for r in results.load(path) if r.status == "ok"}
     this_run: list[results.BenchmarkResult] = []
@@ -171,5 +152,5 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             else:
                 progress(f"{step}: {result.status.upper()}: {result.error}")
     finally:
-        report.write_all(this_run, Path(config.out))  # this run; every run's results stay in results.jsonl
+        report.write_all(this_run, Path(config.results))  # this run; every run's results stay in results.jsonl
     return this_run

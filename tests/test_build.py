@@ -171,3 +171,22 @@ def test_a_host_of_another_cpu_class_gets_default_schedules_and_is_told(tmp_path
     assert manifest.target.target["mcpu"] == "znver3" and manifest.tuning["database"] is None
     bad = run_cli("compile/build.py", "--target", "host", "--out", tmp_path, env={"MNV2_HOST_CPU": "pentium9"})
     assert_clean_error(bad, "MNV2_HOST_CPU=pentium9")
+
+
+def test_build_tune_and_bench_read_the_same_model_flags_the_same_way():
+    from compile import build as build_cli, tune as tune_cli
+    from deploy import bench as bench_cli
+
+    flags = ["--width", "0.35,0.5", "--resolutions", "96,128", "--dtype", "float32,int8", "--out", "somewhere",
+             "--tuning-log", "db", "--model", "a.tflite", "--model", "b.tflite"]
+    parsed = [module.parse_args(flags) for module in (build_cli, tune_cli, bench_cli)]
+    chosen = {(tuple(a.widths), tuple(a.resolutions), tuple(a.dtypes), str(a.out), str(a.tuning_log),
+               tuple(map(str, a.models))) for a in parsed}
+    assert chosen == {((0.35, 0.5), (96, 128), ("float32", "int8"), "somewhere", "db", ("a.tflite", "b.tflite"))}
+    assert all(module.parse_args(["--all-variants"]).all_official for module in (build_cli, tune_cli, bench_cli))
+    assert bench_cli.parse_args(["--results", "r"]).results.name == "r"
+    # Every combination is a model of its own, labelled by variant and dtype.
+    from compile.pipeline import ModelSelection
+
+    labels = [label for label, _ in ModelSelection([0.35, 0.5], [96], ["float32", "int8"]).requests(target="host")]
+    assert labels == ["0.35_96 float32", "0.5_96 float32", "0.35_96 int8", "0.5_96 int8"]

@@ -22,7 +22,7 @@ QUICK_TIMING = ["--number", "2", "--repeat", "5"]
 
 
 def bench(tmp_path, *flags, timeout=900):
-    return run_cli("deploy/bench.py", "--out", tmp_path / "results", "--dist", tmp_path.parent / "dist",
+    return run_cli("deploy/bench.py", "--results", tmp_path / "results", "--out", tmp_path.parent / "dist",
                    *flags, timeout=timeout)
 
 
@@ -141,7 +141,7 @@ def test_loopback_ports_avoid_the_ephemeral_range():
 
 def _sweep_until_running(tmp_path, port, extra):
     """Start a long-timed sweep; return it once its first variant runs on the device."""
-    command = [sys.executable, "deploy/bench.py", "--out", str(tmp_path / "results"), "--dist",
+    command = [sys.executable, "deploy/bench.py", "--results", str(tmp_path / "results"), "--out",
                str(tmp_path.parent / "dist"), "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}",
                "--rpc-key", "host", "--number", "50", "--repeat", "1000", "--key-wait", "3", *extra]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

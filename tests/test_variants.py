@@ -68,3 +68,43 @@ def test_list_variants_table_is_readable():
                                         (["--dtype", "int4"], "dtype")])
 def test_out_of_range_flags_exit_2(flags, word, tmp_path):
     assert_clean_error(run_cli("compile/build.py", "--target", "host", "--out", tmp_path, *flags), word)
+
+
+def _count_from_file(data: bytes) -> tuple[int, int, list[int]]:
+    """MACs, parameters and the output shape, counted from a TFLite file's ops and tensors alone."""
+    import numpy as np
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    shape = lambda i: [int(d) for d in graph.Tensors(i).ShapeAsNumpy()]  # noqa: E731
+    macs = params = 0
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        name = tflite.opcode2name(model.OperatorCodes(op.OpcodeIndex()).BuiltinCode())
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        weight, bias, out = shape(op.Inputs(1)), shape(op.Inputs(2)), shape(op.Outputs(0))
+        params += int(np.prod(weight)) + int(np.prod(bias))
+        spatial = out[1] * out[2] if len(out) == 4 else 1
+        macs += spatial * int(np.prod(weight)) if name != "DEPTHWISE_CONV_2D" else spatial * int(np.prod(weight[1:]))
+    return macs, params, shape(graph.Outputs(0))
+
+
+@pytest.mark.parametrize("expansion,classes", [(5, 1000), (10, 1000), (6, 19), (8, 10)])
+def test_expansion_and_classes_knobs_build_the_network_they_name(expansion, classes):
+    """The paper's other knobs: a generated file with expansion t and N classes has the MACs and
+    params variants.py reports (counted from the file), t x the block input channels in every
+    expansion after the first bottleneck, and N outputs."""
+    from compile.generate import variant_tflite
+
+    variant = Variant(0.5, 128, num_classes=classes, expansion=expansion)
+    macs, params, output = _count_from_file(variant_tflite(variant, "float32"))
+    assert (macs, params) == (variant.macs, variant.params) and output == [1, classes]
+    expands = [layer for layer in variant.layers if layer.name.endswith("_expand")]
+    assert expands and all(layer.out_channels == expansion * layer.in_channels for layer in expands)
+    assert variant.tag == "0.5_128" + (f"_t{expansion}" if expansion != 6 else "") + (f"_c{classes}" if classes != 1000 else "")
+    default = Variant(0.5, 128)
+    if expansion == 6:  # only the classifier differs: (classes - 1000) x (1280 inputs + 1 bias)
+        assert variant.params - default.params == (classes - 1000) * (1280 + 1)
+    assert not variant.is_official and default.is_official
