@@ -52,9 +52,9 @@ class ModelSelection:
         """(label, BuildRequest) per model; `common` holds the other BuildRequest fields."""
         if self.models and self.all_official:
             raise UserError("--model and --all-official exclude each other: the files, or the 22 variants.")
-        missing = [str(path) for path in self.models if not Path(path).is_file()]
-        if missing:
-            raise UserError(f"No such model file: {', '.join(missing)}.")
+        missing = [str(path) for path in self.models if not Path(path).exists()]
+        if missing:  # all at once, before anything starts (what is there but unreadable, the front end names)
+            raise UserError(f"Model file {', '.join(missing)} does not exist. Check the path given to --model.")
         if self.models:
             return [(Path(path).name, BuildRequest(model=Path(path), **common)) for path in self.models]
         unknown = [d for d in self.dtypes if d not in generate.DTYPES]

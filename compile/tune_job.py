@@ -55,7 +55,7 @@ class TuneReport:
     stopped_early: bool = False
 
 
-def _runner(request: TuneRequest, profile):
+def _runner(request: TuneRequest, profile, progress=print):
     from tvm.s_tir import meta_schedule as ms
 
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
@@ -67,13 +67,17 @@ def _runner(request: TuneRequest, profile):
         os.environ["TVM_NUM_THREADS"] = str(profile_threads(profile) or os.cpu_count())
         return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
     host, port = request.rpc_tracker
-    from deploy.loopback import wait_for_key
+    from compile.rpc_tracker import tracker_keys, wait_for_key
 
     key = request.rpc_key or profile.rpc_key
     wait_for_key(host, port, key, timeout=10)
+    # One worker per board under the key: the tracker hands each a free board, so N boards
+    # measure N candidates at once.
+    boards = max(1, tracker_keys(host, port).get(key, 1))
+    progress(f"[tune] measuring candidates on {boards} board(s) under key {key} at {host}:{port}")
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=request.session_timeout)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1,
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=boards,
                                f_alloc_argument=functools.partial(tuning.host_filled_arguments,
                                                                   threads=profile_threads(profile)))
 
@@ -108,7 +112,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     database = tuning.TuningDatabase(db_path).open()
     found, weights = distinct_tasks(sources, request.build.int8_lowering, target, request.kinds, progress)
     tasks = tuning_order(database, found, weights)
-    runner, builder = _runner(request, profile), _builder(request, profile)
+    runner, builder = _runner(request, profile, progress), _builder(request, profile)
     report = TuneReport(str(db_path))
     started = time.monotonic()
     deadline = started + request.minutes * 60 if request.minutes else None

@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     timing.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     timing.add_argument("--threads", type=int, help="threads of TVM's runtime on the device (default: the "
                         "profile's num-cores; this machine's cores for host). Set on the device over RPC")
+    p.add_argument("--no-litert", action="store_true",
+                   help="do not time LiteRT on the device beside ours (by default it is, where the board's "
+                        "server is deploy/board_server.py or the device is this machine)")
     p.add_argument("--force", action="store_true",
                    help="measure again what an identical earlier measurement in results.jsonl covers")
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
@@ -66,7 +69,8 @@ def main(argv=None) -> int:
         endpoint, label = endpoint_for(args, stack)
         config = SweepConfig(
             target=args.target, endpoint=endpoint, selection=selection,
-            timing=TimingSettings(args.number, args.repeat, args.min_repeat_ms, args.cooldown, args.warmup, threads),
+            timing=TimingSettings(args.number, args.repeat, args.min_repeat_ms, args.cooldown, args.warmup, threads,
+                                  litert=not args.no_litert),
             timeout=args.timeout, key_wait=args.key_wait, verify_inputs=args.verify_inputs,
             results=args.results or Path("results") / args.target, tuning_log=args.tuning_log,
             device_label=label, emulated=args.emulated_board, force=args.force,

@@ -28,9 +28,11 @@ STATE = CACHE / "services.json"
 KEY = "emulated-a72"
 DEBS = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6")
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64")
-# cloudpickle, psutil: TVM's RPC server; pillow: the Python example app (examples/python) on the board.
-EXTRA_WHEELS = ("cloudpickle", "psutil", "pillow")
-WHEELS_READY = ("tvm", "cloudpickle", "psutil", "PIL")  # what the wheels put in SITE
+# cloudpickle, psutil: TVM's RPC server; pillow: the Python example app (examples/python) on the board;
+# ai-edge-litert: LiteRT timed on the board beside ours (1.4.0: 2.3.0's aarch64 wheel crashes under
+# Debian 12's qemu-user 7.2).
+EXTRA_WHEELS = ("cloudpickle", "psutil", "pillow", "ai-edge-litert==1.4.0")
+WHEELS_READY = ("tvm", "cloudpickle", "psutil", "PIL", "ai_edge_litert")  # what the wheels put in SITE
 READY_STAMP = CACHE / ".provisioned"
 
 

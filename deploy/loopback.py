@@ -5,12 +5,10 @@ A TVM RPC server runs whatever code it is sent, so everything started here binds
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -18,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from compile.errors import UserError
+from compile.rpc_tracker import LOOPBACK, PORT_SPAN, tracker_keys, wait_for_key, wait_for_port
 
-LOOPBACK = "127.0.0.1"
-PORT_SPAN = 10  # TVM's servers need --port-end; they take the first free port of the span
+BOARD_SERVER = Path(__file__).resolve().parent / "board_server.py"
+
 
 
 def _is_free(port: int) -> bool:
@@ -52,25 +51,6 @@ def free_port_span(span: int = PORT_SPAN, start: int = 20000, end: int | None = 
         if all(_is_free(p) for p in range(port, port + span)):
             return port
     raise UserError("No free span of loopback ports for the RPC tracker and servers.")
-
-
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None, host: str = LOOPBACK) -> None:
-    """Bounded wait until something accepts connections at host:port."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise UserError(f"A process meant to listen on {host}:{port} exited with code {process.returncode}.")
-        try:
-            with socket.create_connection((host, port), timeout=min(2.0, timeout)) as sock:
-                # TCP simultaneous open: polling a closed local port can connect the socket to itself
-                if sock.getsockname() != sock.getpeername():
-                    return
-                raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
-        except OSError as err:
-            if time.monotonic() >= deadline:
-                raise UserError(f"Nothing answers at {host}:{port} ({err.strerror or err}) after "
-                                f"{timeout:.0f} s: check the address and that the server runs.") from None
-            time.sleep(0.2)
 
 
 @dataclass
@@ -152,69 +132,24 @@ def start_tracker(log_dir: Path, python: str = sys.executable) -> Service:
 
 
 def start_server(key: str, log_dir: Path, tracker_port: int | None = None, python: list[str] | None = None,
-                 env: dict | None = None, ready_timeout: float = 60) -> Service:
-    """A TVM RPC server on loopback; registered under `key` when a tracker port is given."""
+                 env: dict | None = None, ready_timeout: float = 60, name: str | None = None) -> Service:
+    """A TVM RPC server (deploy/board_server.py: TVM's, plus LiteRT timing) on loopback; registered
+    under `key` when a tracker port is given. `name`
+    (default server-<key>) tells apart several servers of one key."""
+    name = name or f"server-{key}"
     port = free_port_span()
-    command = [*(python or [sys.executable]), "-m", "tvm.exec.rpc_server", "--host", LOOPBACK,
+    command = [*(python or [sys.executable]), str(BOARD_SERVER), "--host", LOOPBACK,
                "--port", str(port), "--port-end", str(port + PORT_SPAN)]
     if tracker_port is not None:
         command += ["--tracker", f"{LOOPBACK}:{tracker_port}", "--key", key]
-    log = log_dir / f"server-{key}.log"
+    log = log_dir / f"{name}.log"
+    registered = tracker_keys(LOOPBACK, tracker_port).get(key, 0) if tracker_port is not None else 0
     proc = _spawn(command, log, env)
     try:
         wait_for_port(port, ready_timeout, proc)
-        if tracker_port is not None:
-            wait_for_key(LOOPBACK, tracker_port, key, ready_timeout)
+        if tracker_port is not None:  # this one registered too, not only an earlier server of the key
+            wait_for_key(LOOPBACK, tracker_port, key, ready_timeout, at_least=registered + 1)
     except UserError:
         stop_pid(proc.pid)
         raise
-    return Service(f"server-{key}", proc.pid, port, str(log))
-
-
-def tracker_keys(host: str, port: int, timeout: float = 5.0) -> dict[str, int]:
-    """{key: free servers} as the tracker reports them; UserError when no tracker answers."""
-    from tvm import rpc
-    from tvm.rpc.base import RPC_TRACKER_MAGIC
-
-    try:
-        wait_for_port(port, timeout, host=host)
-    except UserError as err:
-        raise UserError(f"No RPC tracker: {err} Start one (python -m tvm.exec.rpc_tracker --host 127.0.0.1 "
-                        f"--port {port} --port-end {port + PORT_SPAN}) or fix --rpc-tracker.") from None
-    not_a_tracker = UserError(f"{host}:{port} answers but is not a TVM RPC tracker: fix --rpc-tracker.")
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:  # bounded handshake first
-            sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-            reply = sock.recv(4, socket.MSG_WAITALL)
-        if len(reply) != 4 or struct.unpack("<i", reply)[0] != RPC_TRACKER_MAGIC:
-            raise not_a_tracker
-        summary = rpc.connect_tracker(host, port).summary()
-    except (OSError, RuntimeError) as err:
-        if isinstance(err, TimeoutError):
-            raise not_a_tracker from None
-        raise UserError(f"The RPC tracker at {host}:{port} stopped answering ({err}). Restart it, "
-                        f"then the device's RPC server, and run again.") from None
-    keys: dict[str, int] = {}
-    for info in summary.get("server_info", []):
-        key = info["key"].split(":", 1)[-1] if info["key"].startswith("server:") else info["key"]
-        keys[key] = keys.get(key, 0) + 1
-    for key, queue in summary.get("queue_info", {}).items():
-        keys.setdefault(key, queue.get("free", 0))
-    return keys
-
-
-def wait_for_key(host: str, port: int, key: str, timeout: float) -> None:
-    """Bounded wait for a server of `key` to register with the tracker."""
-    deadline = time.monotonic() + timeout
-    while True:
-        keys = tracker_keys(host, port)
-        if keys.get(key):
-            return
-        if time.monotonic() >= deadline:
-            known = ", ".join(f"{k} ({n})" for k, n in sorted(keys.items())) or "none"
-            raise UserError(
-                f"No device is registered under RPC key {key!r} at the tracker {host}:{port} after "
-                f"{timeout:.0f} s (keys there: {known}). Start the device's RPC server with --key {key}, "
-                f"or pass the right --rpc-key."
-            )
-        time.sleep(0.5)
+    return Service(name, proc.pid, port, str(log))

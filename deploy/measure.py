@@ -8,6 +8,7 @@ is marked failed, with nothing else lost.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class TimingSettings:
     cooldown_ms: int = 0  # pause between repeats (thermal throttling on phones)
     warmup: int = 1  # untimed runs before timing (the first one is reported)
     threads: int | None = None  # the runtime's thread pool on the device (None: TVM's default)
+    litert: bool = True  # also time LiteRT on the device, same file, inputs and threads, where it can
 
 
 def fit_timing(number: int, repeat: int, seconds_per_run: float, budget_seconds: float) -> tuple[int, int]:
@@ -36,17 +38,54 @@ def fit_timing(number: int, repeat: int, seconds_per_run: float, budget_seconds:
     return number, repeat
 
 
+class Interrupted(Exception):
+    """The worker was stopped by Ctrl-C: nothing was measured, nothing is to be recorded."""
+
+
 class DeviceError(Exception):
-    """The device failed, froze or went away during a variant; the message says which."""
+    """The device failed, froze or went away during a variant; the message says which, `board` where."""
+
+    def __init__(self, message: str, board: str = ""):
+        super().__init__(message)
+        self.board = board
 
 
-def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,
-          timeout: float) -> dict:
+HEARTBEAT_S = 5.0  # the timed runs go in chunks of about this long, each reported to the sweep
+SILENCE_S = 15.0  # no report for this long during the timed runs (and 4 chunks' time): frozen
+
+
+def _time_litert(session, report, model: Path, inputs, threads: int | None, number: int, repeat: int,
+                 budget_seconds: float) -> tuple[list[float], str]:
+    """LiteRT's seconds per run on the session's device (same file, inputs and threads), fitted to
+    the budget; or no samples and why."""
+    import io
+    import json
+
+    import numpy as np
+
+    timer, why = session.litert_timer()
+    if timer is None:
+        return [], why
+    packed = io.BytesIO()
+    np.savez(packed, *inputs)
+    model_bytes, input_bytes = bytearray(Path(model).read_bytes()), bytearray(packed.getvalue())
+    warm = json.loads(timer(model_bytes, input_bytes, threads or 0, 0, 0))
+    if "error" in warm:
+        return [], warm["error"]
+    number, repeat = fit_timing(number, repeat, warm["per_run"], budget_seconds)
+    report({"timing": number * repeat * warm["per_run"]})
+    return json.loads(timer(model_bytes, input_bytes, threads or 0, number, repeat))["samples"], ""
+
+
+def _work(report, endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,
+          timeout: float, model: str | None) -> dict:
+    """Runs in the worker process; report(dict) tells the sweep how far it got (its heartbeat)."""
     from deploy import runner
     from deploy.session import LocalSession
 
-    begin = time.perf_counter()
-    session = LocalSession() if endpoint is None else endpoint.open()
+    session = LocalSession() if endpoint is None else endpoint.open()  # may wait in the tracker's queue
+    report({"board": session.board})
+    begin = time.perf_counter()  # --timeout counts from here, once a board is ours
     threads = session.set_threads(settings.threads)
     started = time.perf_counter()
     module = session.load(library, remote_name)
@@ -65,21 +104,33 @@ def _work(endpoint, library: str, remote_name: str, kind: str, input_sets, setti
     vm.invoke_stateful("main")
     per_run = time.perf_counter() - begun
     samples = []
-    # Half of what is left of --timeout for the timed runs: the rest is the margin for a slow device.
+    # A third of what is left of --timeout for our timed runs, as much for LiteRT's after them: the
+    # rest is the margin for a slow device.
     number, repeat = fit_timing(settings.number, settings.repeat, per_run,
-                                (timeout - (time.perf_counter() - begin)) / 2)
-    if repeat > 0:
-        timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat,
-                                  min_repeat_ms=settings.min_repeat_ms, cooldown_interval_ms=settings.cooldown_ms)
-        samples = list(timer("main").results)
+                                (timeout - (time.perf_counter() - begin)) / 3)
+    repeat_seconds = max(number * per_run, settings.min_repeat_ms / 1e3) + settings.cooldown_ms / 1e3
+    chunk = max(1, min(repeat, int(HEARTBEAT_S / max(repeat_seconds, 1e-9))))
+    timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=chunk,
+                              min_repeat_ms=settings.min_repeat_ms, cooldown_interval_ms=settings.cooldown_ms)
+    report({"timing": chunk * repeat_seconds})
+    while len(samples) < repeat:
+        samples += list(timer("main").results)[: repeat - len(samples)]
+        report({"timed": len(samples)})
+    litert, litert_note = [], "not asked for"
+    if settings.litert and model and kind == "cpu":
+        litert, litert_note = _time_litert(session, report, Path(model), input_sets[0], threads, number, repeat,
+                                           (timeout - (time.perf_counter() - begin)) / 2)
+    elif settings.litert and kind != "cpu":
+        litert_note = "LiteRT is timed on the CPU; this model runs on the GPU"
     session.close()
     return {"outputs": outputs, "load_seconds": load_seconds, "warmup_ms": warmup_ms, "samples": samples,
-            "threads": threads, "timed": {"number": number, "repeat": repeat}}
+            "threads": threads, "timed": {"number": number, "repeat": repeat}, "board": session.board,
+            "litert": litert, "litert_note": litert_note}
 
 
 def _worker(connection, *args) -> None:
     try:
-        connection.send({"ok": _work(*args)})
+        connection.send({"ok": _work(connection.send, *args)})
     except BaseException as err:  # noqa: BLE001 - everything goes back to the parent as text
         message = str(err).strip().splitlines()
         connection.send({"error": f"{type(err).__name__}: {message[-1] if message else ''}".strip(),
@@ -89,28 +140,52 @@ def _worker(connection, *args) -> None:
 
 
 def run_on_device(endpoint, library: Path, remote_name: str, kind: str, input_sets, settings: TimingSettings,
-                  timeout: float) -> dict:
+                  timeout: float, model: Path | None = None) -> dict:
     """outputs per input set, load_seconds, warmup_ms, timing samples (seconds per run), the
-    threads the device's runtime ran, and the number and repeat timed (fitted to the timeout)."""
+    threads the device's runtime ran, the number and repeat timed (fitted to the timeout), and the
+    board. A device that stops reporting during the timed runs is abandoned early (heartbeat)."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_worker, args=(sender, endpoint, str(library), remote_name, kind,
-                                                     input_sets, settings, timeout), daemon=True)
+                                                     input_sets, settings, timeout,
+                                                     None if model is None else str(model)), daemon=True)
     process.start()
     sender.close()
+    deadline = time.monotonic() + timeout
+    board, silence, chunk = "", None, 0.0  # silence: the longest quiet time allowed once the timed runs start
     try:
-        if not receiver.poll(timeout):
-            raise DeviceError(f"no answer from the device within {timeout:.0f} s (frozen or far too slow); "
-                              f"the run was abandoned. Raise --timeout for slow boards.")
-        try:
-            message = receiver.recv()
-        except EOFError:
-            raise DeviceError(f"the worker talking to the device died (exit code {process.exitcode})") from None
+        while True:
+            wait = deadline - time.monotonic()
+            if silence is not None:
+                wait = min(wait, silence)
+            if wait <= 0 or not receiver.poll(wait):
+                where = f" {board}" if board else ""
+                if silence is not None and time.monotonic() < deadline:
+                    raise DeviceError(f"the board{where} stopped answering during the timed runs (no word for "
+                                      f"{silence:.0f} s, where a chunk of runs takes {chunk:.1f} s): frozen; "
+                                      f"the run was abandoned without waiting for --timeout.", board)
+                raise DeviceError(f"no answer from the device{where} within {timeout:.0f} s (frozen or far too "
+                                  f"slow); the run was abandoned. Raise --timeout for slow boards.", board)
+            try:
+                message = receiver.recv()
+            except EOFError:
+                process.join(2)
+                if process.exitcode == -signal.SIGINT:
+                    raise Interrupted() from None
+                raise DeviceError(f"the worker talking to the device died (exit code {process.exitcode})", board) from None
+            if "board" in message:  # a board is ours: --timeout counts from now, not from the queue
+                board, deadline = message["board"], time.monotonic() + timeout
+            if "timing" in message:
+                chunk = message["timing"]
+                silence = max(SILENCE_S, 4 * chunk)
+            if "ok" in message or "error" in message:
+                break
     finally:
         if process.is_alive():
             process.kill()
         process.join(5)
     if "error" in message:
-        raise DeviceError(message["error"])
+        if message["error"].startswith("KeyboardInterrupt"):
+            raise Interrupted()
+        raise DeviceError(message["error"], board)
     return message["ok"]
-

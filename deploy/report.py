@@ -9,11 +9,15 @@ from deploy.results import BenchmarkResult
 
 CSV_FIELDS = ["name", "target", "device", "width", "resolution", "dtype", "status", "macs", "params",
               "mean_ms", "median_ms", "p90_ms", "std_ms", "min_ms", "max_ms", "runs", "gmacs_per_second",
-              "threads", "warmup_ms", "load_seconds", "model_size_bytes", "library_size_bytes", "emulated", "error"]
+              "threads", "litert_median_ms", "vs_litert", "litert_note", "warmup_ms", "load_seconds",
+              "model_size_bytes", "library_size_bytes", "emulated", "board", "retried", "error"]
 
 
 def _row(result: BenchmarkResult) -> dict:
     row = {k: v for k, v in result.to_dict().items() if k in CSV_FIELDS}
+    row["retried"] = " | ".join(result.retried)
+    if result.litert:
+        row["litert_median_ms"], row["vs_litert"] = round(result.litert.median_ms, 4), round(result.vs_litert, 3)
     if result.latency:
         row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in vars(result.latency).items()})
     return row
@@ -27,8 +31,19 @@ def write_csv(results: list[BenchmarkResult], path: Path) -> None:
             writer.writerow(_row(result))
 
 
+def _cell(match: BenchmarkResult | None) -> str:
+    """ours ms, and LiteRT's on the same device with the ratio where it was timed."""
+    if match is None:
+        return ""
+    if match.status != "ok" or not match.latency:
+        return match.status.upper()
+    text = f"{match.latency.median_ms:.2f}"
+    return text + (f" / {match.litert.median_ms:.2f} ({match.vs_litert:.2f}x)" if match.litert else "")
+
+
 def markdown(results: list[BenchmarkResult]) -> str:
-    """Median latency in ms per variant: widths as rows, resolutions as columns, a table per dtype."""
+    """Median latency in ms per variant: widths as rows, resolutions as columns, a table per dtype;
+    where LiteRT was timed on the device too, each cell is `ours / LiteRT (ours / LiteRT)`."""
     if not results:
         return "No results yet.\n"
     lines = []
@@ -40,6 +55,12 @@ def markdown(results: list[BenchmarkResult]) -> str:
     if emulated:
         lines.append("EMULATED under qemu-user: these timings are NOT device latencies; they show only "
                      "that the code runs and is correct.")
+    if any(r.litert for r in results):
+        lines.append("Cells: ours / LiteRT on the same device, file, inputs and threads (ours / LiteRT; "
+                     "below 1x is faster than LiteRT).")
+    notes = sorted({r.litert_note for r in results if r.latency and not r.litert and r.litert_note})
+    if notes:
+        lines.append("LiteRT not timed on the device: " + "; ".join(notes) + ".")
     for dtype in sorted({r.dtype or "model" for r in results}):
         chosen = [r for r in results if (r.dtype or "model") == dtype]
         widths = sorted({r.width for r in chosen if r.width is not None})
@@ -49,14 +70,21 @@ def markdown(results: list[BenchmarkResult]) -> str:
         for width in widths:
             cells = []
             for res in resolutions:
-                match = next((r for r in chosen if r.width == width and r.resolution == res), None)
-                cells.append("" if match is None else
-                             f"{match.latency.median_ms:.2f}" if match.status == "ok" and match.latency else
-                             match.status.upper())
+                cells.append(_cell(next((r for r in chosen if r.width == width and r.resolution == res), None)))
             lines.append(f"| {width:g} | " + " | ".join(cells) + " |")
-        others = [r for r in chosen if r.width is None]
-        for r in others:
-            lines.append(f"| {r.name} | {r.latency.median_ms:.2f} |" if r.latency else f"| {r.name} | {r.status} |")
+        for r in (r for r in chosen if r.width is None):
+            lines.append(f"| {r.name} | {_cell(r)} |")
+    boards = sorted({r.board for r in results if r.board})
+    if len(boards) > 1:  # a farm: which board measured what (the boards of one key are meant to be alike)
+        lines += ["", f"Measured on {len(boards)} boards:", "", "| board | models | median ms of each |", "|---|---|---|"]
+        for board in boards:
+            mine = sorted((r for r in results if r.board == board), key=lambda r: r.name)
+            lines.append(f"| {board} | {len(mine)} | " + ", ".join(
+                f"{r.name} {r.latency.median_ms:.2f}" if r.latency else f"{r.name} {r.status}" for r in mine) + " |")
+    moved = [r for r in results if r.retried]
+    if moved:
+        lines += ["", "Measured again on another board after a failure:"] + [
+            f"- {r.name} (on {r.board}): " + "; ".join(r.retried) for r in moved]
     failed = [r for r in results if r.status != "ok"]
     if failed:
         lines += ["", "Failed or mismatched:"] + [f"- {r.name}: {r.status}: {r.error}" for r in failed]
@@ -77,8 +105,13 @@ def plot(results: list[BenchmarkResult], path: Path) -> bool:
     for dtype in sorted({r.dtype for r in good}):
         for width in sorted({r.width for r in good if r.dtype == dtype}):
             points = sorted((r.macs / 1e6, r.latency.median_ms) for r in good if r.width == width and r.dtype == dtype)
-            axes.plot(*zip(*points), marker="o" if dtype == "float32" else "s",
-                      linestyle="-" if dtype == "float32" else "--", label=f"{width:g} {dtype}")
+            line = axes.plot(*zip(*points), marker="o" if dtype == "float32" else "s",
+                             linestyle="-" if dtype == "float32" else "--", label=f"{width:g} {dtype}")[0]
+            theirs = sorted((r.macs / 1e6, r.litert.median_ms) for r in good
+                            if r.width == width and r.dtype == dtype and r.litert)
+            if theirs:  # LiteRT on the same device: the same colour, hollow markers, dotted
+                axes.plot(*zip(*theirs), marker="o" if dtype == "float32" else "s", linestyle=":",
+                          color=line.get_color(), markerfacecolor="none", label=f"{width:g} {dtype} LiteRT")
     axes.set_xlabel("multiply-adds (millions)")
     axes.set_ylabel("median latency (ms)")
     title = f"MobileNetV2 on {', '.join(sorted({r.target for r in good}))}"

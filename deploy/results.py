@@ -53,6 +53,10 @@ class BenchmarkResult:
     tuning: dict = field(default_factory=dict)
     emulated: bool = False
     library_sha256: str | None = None  # the exact code measured
+    litert: LatencyStats | None = None  # LiteRT on the same device, file, inputs and threads
+    litert_note: str = ""  # why LiteRT was not timed there
+    board: str = ""  # the server that measured it (its address): boards of one key share the key's results
+    retried: list[str] = field(default_factory=list)  # earlier attempts on other boards that failed, and why
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @property
@@ -62,14 +66,22 @@ class BenchmarkResult:
         return measurement_key(self.target, self.device, self.name, self.library_sha256,
                                (self.tuning or {}).get("fingerprint"), self.timing)
 
+    @property
+    def vs_litert(self) -> float | None:
+        """Our median over LiteRT's on the same device: below 1 is faster than LiteRT."""
+        if self.latency and self.litert:
+            return self.latency.median_ms / self.litert.median_ms
+        return None
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "BenchmarkResult":
         data = dict(data)
-        if data.get("latency"):
-            data["latency"] = LatencyStats(**data["latency"])
+        for stats in ("latency", "litert"):
+            if data.get(stats):
+                data[stats] = LatencyStats(**data[stats])
         return cls(**data)
 
 

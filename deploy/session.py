@@ -19,6 +19,7 @@ class LocalSession:
     """This machine's CPU, no RPC: for the `host` target."""
 
     name = "local"
+    board = "local"
 
     def load(self, library: str | Path, remote_name: str | None = None):
         import tvm
@@ -34,6 +35,15 @@ class LocalSession:
         from compile.threads import set_local_threads
 
         return set_local_threads(count)
+
+    def litert_timer(self):
+        """(LiteRT timing function, "") here; (None, why) when LiteRT is not installed."""
+        import tvm
+
+        from deploy import board_server
+
+        board_server.register_litert_timer()
+        return tvm.get_global_func(board_server.FUNCTION), ""
 
     def close(self) -> None:
         pass
@@ -61,17 +71,30 @@ class Endpoint:
     def open(self) -> "RemoteSession":
         from tvm import rpc
 
-        if self.key:
-            tracker = rpc.connect_tracker(self.host, self.port)
-            remote = tracker.request(self.key, priority=1, session_timeout=self.session_timeout)
-        else:
+        if not self.key:
             remote = rpc.connect(self.host, self.port, session_timeout=self.session_timeout)
-        return RemoteSession(remote, self.label)
+            return RemoteSession(remote, self.label, f"{self.host}:{self.port}")
+        # TrackerSession.request's own exchange, keeping the address of the server the tracker
+        # matched: with several boards under one key, each result names the board that measured it.
+        from tvm.rpc import base
+
+        tracker = rpc.connect_tracker(self.host, self.port)
+        try:
+            base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, self.key, "", 1])
+            reply = base.recvjson(tracker._sock)
+        finally:
+            tracker.close()
+        if reply[0] != base.TrackerCode.SUCCESS:
+            raise RuntimeError(f"the tracker refused the request for key {self.key!r}: {reply}")
+        address, port, match_key = reply[1]
+        remote = rpc.connect(address, port, match_key, self.session_timeout)
+        return RemoteSession(remote, self.label, f"{address}:{port}")
 
 
 class RemoteSession:
-    def __init__(self, remote, name: str):
+    def __init__(self, remote, name: str, board: str):
         self.remote, self.name = remote, name
+        self.board = board  # the server's address: which board of a key measured
 
     def load(self, library: str | Path, remote_name: str | None = None):
         # A unique remote name per artifact: the server's dlopen would hand back an older
@@ -88,6 +111,17 @@ class RemoteSession:
         from compile.threads import configure_threads
 
         return configure_threads(self.remote.get_function, count)
+
+    def litert_timer(self):
+        """(the board's LiteRT timing function, "") when its server is deploy/board_server.py; else
+        (None, why)."""
+        from deploy.board_server import FUNCTION
+
+        try:
+            return self.remote.get_function(FUNCTION), ""
+        except Exception:  # noqa: BLE001 - TVM raises its own error types for a missing remote function
+            return None, ("the board runs TVM's stock RPC server: start deploy/board_server.py there instead "
+                          "to time LiteRT on the board")
 
     def close(self) -> None:
         self.remote = None

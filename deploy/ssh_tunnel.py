@@ -6,6 +6,7 @@ Key authentication only; the board's host key must be in known_hosts (unknown ho
 
 from __future__ import annotations
 
+import base64
 import re
 import select
 import socket
@@ -86,7 +87,15 @@ class SSHRPCServer:
     def _start_server(self) -> None:
         import paramiko
 
-        command = (f"echo MNV2_PID=$$; exec {self.python} -m tvm.exec.rpc_server --host 127.0.0.1 "
+        from deploy.loopback import BOARD_SERVER
+
+        # Our board server (TVM's, plus LiteRT timing), written by the board's own python from the
+        # command line (no SFTP subsystem needed): one small file, fresh each time.
+        remote_script = f"/tmp/mnv2-board-server-{self.user}.py"
+        payload = base64.b64encode(BOARD_SERVER.read_bytes()).decode()
+        write = (f"{self.python} -c 'import base64, sys; open(sys.argv[1], \"wb\").write(base64.b64decode(sys.argv[2]))' "
+                 f"{remote_script} {payload}")
+        command = (f"{write} && echo MNV2_PID=$$ && exec {self.python} {remote_script} --host 127.0.0.1 "
                    f"--port {REMOTE_PORT} --port-end {REMOTE_PORT + REMOTE_PORT_SPAN}")
         try:
             channel = self.client.get_transport().open_session(timeout=self.connect_timeout)

@@ -7,7 +7,9 @@ results) are rewritten at the end, also on Ctrl-C.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from compile.manifest import LIBRARY, MODEL_COPY, Manifest
 from compile.paths import DEFAULT_OUT
 from compile.images import model_inputs
 from deploy import loopback, report, results
-from deploy.measure import DeviceError, TimingSettings, run_on_device
+from deploy.measure import DeviceError, Interrupted, TimingSettings, run_on_device
 from deploy.check import compare_with_litert
 from deploy.session import Endpoint
 
@@ -68,15 +70,18 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
     input_sets = [model_inputs(manifest.inputs, seed) for seed in range(config.verify_inputs)]
     try:
         device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest.name}.so", manifest.app.device,
-                               input_sets, config.timing, config.timeout)
+                               input_sets, config.timing, config.timeout, out_dir / MODEL_COPY)
     except DeviceError as err:
-        result.error = str(err)
+        result.error, result.board = str(err), err.board
         return result
     names = [t.name for t in manifest.outputs]
     checks = compare_with_litert(out_dir / MODEL_COPY, names, input_sets, device["outputs"], manifest.model.lowering)
     result.verification = [c.to_dict() for c in checks]
     result.load_seconds, result.warmup_ms = device["load_seconds"], device["warmup_ms"]
-    result.threads, result.timed = device["threads"], device["timed"]
+    result.threads, result.timed, result.board = device["threads"], device["timed"], device["board"]
+    if device["litert"]:
+        result.litert = results.LatencyStats.from_seconds(device["litert"])
+    result.litert_note = device["litert_note"]
     if device["samples"]:
         result.latency = results.LatencyStats.from_seconds(device["samples"])
         if result.macs:
@@ -100,21 +105,102 @@ def _check_device(config: SweepConfig) -> None:
         loopback.wait_for_port(endpoint.port, config.key_wait, host=endpoint.host)
 
 
+def _boards(config: SweepConfig) -> int:
+    """How many boards measure at once: every server registered under the key (the tracker queues
+    the requests and hands each a free one); one for a direct server or this machine."""
+    endpoint = config.endpoint
+    if endpoint is None or not endpoint.key:
+        return 1
+    return max(1, loopback.tracker_keys(endpoint.host, endpoint.port).get(endpoint.key, 1))
+
+
+def measure_on_farm(config: SweepConfig, out_dir: Path, boards: int, step: str, progress) -> results.BenchmarkResult:
+    """measure_variant; with several boards under the key, a variant whose board died or froze is
+    measured again on another (the tracker never offers a board that did not come back), at most
+    once per other board."""
+    retried = []
+    while True:
+        result = measure_variant(config, out_dir)
+        result.retried = retried
+        if result.status != "failed" or boards < 2 or len(retried) >= boards - 1:
+            return result
+        endpoint = config.endpoint
+        try:  # another board still registered: the tracker queues the request until one is free
+            loopback.wait_for_key(endpoint.host, endpoint.port, endpoint.key, config.key_wait)
+        except UserError:
+            return result
+        retried = [*retried, f"{result.board or 'a board'}: {result.error}"]
+        progress(f"{step}: failed on {result.board or 'a board'} ({result.error}); measuring it on another "
+                 f"board of key {endpoint.key}")
+
+
+def _record(config: SweepConfig, step: str, result: results.BenchmarkResult, progress) -> None:
+    asked = config.timing.threads
+    if asked and result.threads and result.threads < asked:
+        progress(f"{step}: the device's TVM runtime runs {result.threads} of the {asked} threads asked "
+                 f"for: its RPC server was started with a lower cap (start it with TVM_NUM_THREADS={asked})")
+    if result.timed and (result.timed["number"], result.timed["repeat"]) != (config.timing.number,
+                                                                           config.timing.repeat):
+        progress(f"{step}: timed {result.timed['number']} x {result.timed['repeat']} runs instead of "
+                 f"{config.timing.number} x {config.timing.repeat}, to fit --timeout {config.timeout:.0f} s")
+    where = f" on {result.board}" if result.board and result.board != "local" else ""
+    if result.status == "ok" and result.latency:
+        lat = result.latency
+        rate = f"{result.gmacs_per_second:.2f} GMAC/s, " if result.gmacs_per_second else ""
+        versus = (f", LiteRT there {result.litert.median_ms:.2f} ms ({result.vs_litert:.2f}x)" if result.litert
+                  else f", LiteRT not timed ({result.litert_note})")
+        progress(f"{step}: median {lat.median_ms:.2f} ms (p90 {lat.p90_ms:.2f}, {lat.runs} runs){where}{versus}, "
+                 f"{rate}matches LiteRT")
+    elif result.status == "ok":
+        progress(f"{step}: matches LiteRT (not timed){where}")
+    else:
+        progress(f"{step}: {result.status.upper()}{where}: {result.error}")
+
+
 def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResult]:
     """Run every model of the sweep; returns this run's results. A model whose identical measurement
-    (same library, database, timing and device) is in results.jsonl keeps it, unless config.force."""
+    (same library, database, timing and device) is in results.jsonl keeps it, unless config.force.
+    With several boards under the tracker key, up to one model per board is measured at once while
+    the next ones build."""
     path = Path(config.results) / "results.jsonl"
     todo = build_jobs(config)
     done = {r.measurement: r for r in results.load(path) if r.status == "ok"}
     this_run: list[results.BenchmarkResult] = []
     _check_device(config)  # fail fast, before any build
+    boards = _boards(config)
+    if boards > 1:
+        progress(f"{boards} boards under key {config.endpoint.key}: up to {boards} models measured at once")
+    lock = threading.Lock()  # results.jsonl, this_run and the progress lines, shared with the measuring threads
+    free = threading.Semaphore(boards)  # taken before a model is built: one board, one model at a time
+    stopping = threading.Event()  # Ctrl-C or a fatal error: what is in flight is not recorded
     started = time.monotonic()
+
+    def measure(step: str, out_dir: Path) -> None:
+        try:
+            result = measure_on_farm(config, out_dir, boards, step, progress)
+            with lock:
+                if stopping.is_set():
+                    return
+                results.append(path, result)
+                this_run.append(result)
+                _record(config, step, result, progress)
+        except Interrupted:
+            return
+        finally:
+            free.release()
+
+    pool = ThreadPoolExecutor(max_workers=boards)
+    running = []
     try:
         for index, (label, request) in enumerate(todo, 1):
             step = f"[{index}/{len(todo)}] {label}"
+            free.acquire()  # a board is free (or one in flight has finished)
+            for future in [f for f in running if f.done()]:
+                future.result()  # a measuring thread's own failure surfaces here
+                running.remove(future)
             if index > 1:  # the ETA from the models so far (builds included)
                 left = (time.monotonic() - started) / (index - 1) * (len(todo) - index + 1)
-                progress(f"{step}: starting, {index - 1} done, about {_duration(left)} left")
+                progress(f"{step}: starting, {index - 1} started, about {_duration(left)} left")
             manifest = pipeline.build(request, progress=lambda m: progress(f"{step}: {m}"))[0]
             out_dir = Path(config.dist) / config.target / manifest.name
             key = results.measurement_key(config.target, _device_label(config), manifest.name,
@@ -123,7 +209,9 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             if key in done and not config.force:
                 progress(f"{step}: done before, skipped (the same library, database and timing measured on "
                          f"{done[key].finished_at}; --force measures again)")
-                this_run.append(done[key])
+                with lock:
+                    this_run.append(done[key])
+                free.release()
                 continue
             try:
                 _check_device(config)
@@ -131,26 +219,14 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
                 progress(f"{step}: device gone, stopping the sweep: {err}")
                 raise
             progress(f"{step}: running on {_device_label(config)}")
-            result = measure_variant(config, out_dir)
-            results.append(path, result)
-            this_run.append(result)
-            asked = config.timing.threads
-            if asked and result.threads and result.threads < asked:
-                progress(f"{step}: the device's TVM runtime runs {result.threads} of the {asked} threads asked "
-                         f"for: its RPC server was started with a lower cap (start it with TVM_NUM_THREADS={asked})")
-            if result.timed and (result.timed["number"], result.timed["repeat"]) != (config.timing.number,
-                                                                                   config.timing.repeat):
-                progress(f"{step}: timed {result.timed['number']} x {result.timed['repeat']} runs instead of "
-                         f"{config.timing.number} x {config.timing.repeat}, to fit --timeout {config.timeout:.0f} s")
-            if result.status == "ok" and result.latency:
-                lat = result.latency
-                rate = f"{result.gmacs_per_second:.2f} GMAC/s, " if result.gmacs_per_second else ""
-                progress(f"{step}: median {lat.median_ms:.2f} ms (p90 {lat.p90_ms:.2f}, {lat.runs} runs), "
-                         f"{rate}matches LiteRT")
-            elif result.status == "ok":
-                progress(f"{step}: matches LiteRT (not timed)")
-            else:
-                progress(f"{step}: {result.status.upper()}: {result.error}")
+            running.append(pool.submit(measure, step, out_dir))
+        for future in running:
+            future.result()
+    except BaseException:
+        stopping.set()
+        raise
     finally:
-        report.write_all(this_run, Path(config.results))  # this run; every run's results stay in results.jsonl
+        pool.shutdown(wait=True)
+        with lock:
+            report.write_all(this_run, Path(config.results))  # this run; every run's results stay in results.jsonl
     return this_run

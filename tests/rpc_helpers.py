@@ -14,8 +14,9 @@ def tracker_with_servers(log_dir: Path, keys=("host",)):
     try:
         tracker = loopback.start_tracker(log_dir)
         services.items.append(tracker)
-        for key in keys:
-            services.items.append(loopback.start_server(key, log_dir, tracker.port))
+        for index, key in enumerate(keys):
+            name = f"server-{key}" + (f"-{index}" if keys.count(key) > 1 else "")
+            services.items.append(loopback.start_server(key, log_dir, tracker.port, name=name))
         yield services
     finally:
         services.stop()

@@ -45,21 +45,31 @@ def test_host_server_through_tracker_times_and_verifies(tmp_path):
             assert 0 < r.latency.min_ms <= r.latency.median_ms <= r.latency.p90_ms <= r.latency.max_ms
             assert r.gmacs_per_second > 0 and r.load_seconds > 0 and r.macs and r.params
             assert r.verification and all(c["ok"] for c in r.verification)
+            # LiteRT timed on the same server (deploy/board_server.py), same file, inputs and threads
+            assert r.litert and r.litert.runs == 5 and r.vs_litert > 0 and r.threads
         out = tmp_path / "results"
         assert (out / "results.csv").read_text().count("\n") == 5
         report = (out / "report.md").read_text()
         assert "| 0.35 |" in report and "| width \\ res | 96 | 128 |" in report
+        assert re.search(r"\| \d+\.\d\d / \d+\.\d\d \(\d+\.\d\dx\) \|", report), report
         assert (out / "latency_vs_macs.png").read_bytes()[:4] == b"\x89PNG"
         again = bench(tmp_path, *flags)  # resumes: everything is done
         assert again.stdout.count("done before, skipped") == 4
 
 
-def test_direct_rpc_server(tmp_path):
-    server = loopback.start_server("direct", tmp_path / "logs")
+def test_direct_rpc_server_of_tvms_own_kind(tmp_path):
+    """TVM's stock server, directly: ours is measured; the LiteRT column is empty and says why."""
+    port = loopback.free_port_span()
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+                               "--port-end", str(port + loopback.PORT_SPAN)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        result = bench(tmp_path, "--target", "host", "--rpc-host", f"127.0.0.1:{server.port}", *SMALL, *QUICK_TIMING)
+        loopback.wait_for_port(port, 60, server)
+        result = bench(tmp_path, "--target", "host", "--rpc-host", f"127.0.0.1:{port}", *SMALL, *QUICK_TIMING)
         assert result.returncode == 0, result.stderr + result.stdout
-        assert read_results(tmp_path)[0].status == "ok"
+        measured = read_results(tmp_path)[0]
+        assert measured.status == "ok" and measured.litert is None and "board_server.py" in measured.litert_note
+        assert "LiteRT not timed on the device: the board runs TVM's stock RPC server" in result.stdout
     finally:
         loopback.stop_pid(server.pid)
 
@@ -72,6 +82,7 @@ def test_ssh_path_starts_forwards_and_stops_the_server(tmp_path):
         assert result.returncode == 0, result.stderr + result.stdout
         measured = read_results(tmp_path)[0]
         assert measured.status == "ok" and measured.device == f"ssh root@127.0.0.1:{port}"
+        assert measured.litert and measured.litert.runs == 5  # LiteRT with the board's own Python
         time.sleep(1)
         assert _rpc_server_pids() == before  # the server started over SSH was stopped
         # Unknown host key: refused, not trusted on first use.
@@ -83,7 +94,7 @@ def test_ssh_path_starts_forwards_and_stops_the_server(tmp_path):
 
 
 def _rpc_server_pids() -> set[int]:
-    found = subprocess.run(["pgrep", "-f", "tvm.exec.rpc_server"], capture_output=True, text=True).stdout
+    found = subprocess.run(["pgrep", "-f", "tvm.exec.rpc_server|board_server"], capture_output=True, text=True).stdout
     return {int(p) for p in found.split()}
 
 
@@ -98,6 +109,7 @@ def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
     assert {r.name for r in done} == {"mnv2_0.35_96_float32", "mnv2_0.35_96_int8"}
     for r in done:
         assert r.status == "ok" and r.emulated and len(r.verification) == 2
+        assert r.litert and r.litert.runs == 2  # the board's aarch64 LiteRT (1.4.0), same file and inputs
         assert elf_machine(tmp_path.parent / "dist" / "rasp5" / r.name / "model.so") == "aarch64"
     int8 = next(r for r in done if r.dtype == "int8")
     assert all(check["error_vs_reference_kernels"] is not None for check in int8.verification)
@@ -139,14 +151,17 @@ def test_loopback_ports_avoid_the_ephemeral_range():
         assert port + loopback.PORT_SPAN <= low
 
 
-def _sweep_until_running(tmp_path, port, extra):
-    """Start a long-timed sweep; return it once its first variant runs on the device."""
+def _sweep_until_running(tmp_path, port, extra, in_flight=1):
+    """Start a long-timed sweep; return it once `in_flight` variants run on the device(s)."""
     command = [sys.executable, "deploy/bench.py", "--results", str(tmp_path / "results"), "--out",
                str(tmp_path.parent / "dist"), "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}",
                "--rpc-key", "host", "--number", "50", "--repeat", "1000", "--key-wait", "3", *extra]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.seen = []  # the lines read here, before communicate() reads the rest
     for line in proc.stdout:
-        if "running on" in line:
+        proc.seen.append(line)
+        in_flight -= "running on" in line
+        if in_flight == 0:
             time.sleep(4)  # past upload and load, into the timed runs
             return proc
     raise AssertionError(proc.stderr.read())
@@ -165,18 +180,20 @@ def test_server_killed_mid_run_marks_the_variant_failed_and_keeps_results(tmp_pa
     assert "FAILED" in (tmp_path / "results" / "report.md").read_text()
 
 
-def test_frozen_server_is_abandoned_after_the_timeout(tmp_path):
+def test_frozen_server_is_found_by_its_heartbeat_long_before_the_timeout(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
-        # The timed runs are fitted to half of --timeout: about 10 s of them, frozen 4 s in.
-        proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "20"])
+        # The timed runs are fitted to half of --timeout (a minute of them), in chunks of about 5 s
+        # each reported to the sweep; frozen 4 s in, the silence gives it away after 20 s, not 300.
+        proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "300"])
         server = services.find("server-host")
         os.killpg(server.pid, signal.SIGSTOP)
         started = time.monotonic()
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=200)
         assert time.monotonic() - started < 60
     assert proc.returncode == 1, out + err
     frozen = read_results(tmp_path)[0]
-    assert frozen.status == "failed" and "within 20 s" in frozen.error
+    assert frozen.status == "failed" and "stopped answering during the timed runs" in frozen.error
+    assert f":{server.port}" in frozen.board  # the board that froze is named
     assert json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[0])["status"] == "failed"
 
 
@@ -256,3 +273,28 @@ def test_a_rerun_keeps_only_identical_measurements(tmp_path):
     assert [r["status"] for r in lines] == ["ok", "failed", "ok", "ok"]
     assert len({r["library_sha256"] for r in lines if r["status"] == "ok"}) == 1
     assert len(read_results(tmp_path)) == 3  # two timings of the library, and the old failure
+
+
+def test_a_farm_under_one_key_measures_in_parallel_and_moves_a_dead_boards_variant(tmp_path):
+    """Two servers under key "host": two models measured at once, one per board; a board killed
+    mid-run loses nothing: its model is measured again on the other board, and the result says so."""
+    built = run_cli("compile/build.py", "--target", "host", "--width", "0.35", "--res", "96,128,160",
+                    "--out", tmp_path.parent / "dist")  # built first: both boards start measuring at once
+    assert built.returncode == 0, built.stderr
+    with tracker_with_servers(tmp_path / "logs", keys=("host", "host")) as services:
+        doomed = services.find("server-host-0")
+        proc = _sweep_until_running(tmp_path, services.find("tracker").port,
+                                    ["--widths", "0.35", "--resolutions", "96,128,160", "--timeout", "20"],
+                                    in_flight=2)
+        loopback.stop_pid(doomed.pid)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "2 boards under key host" in "".join(proc.seen)
+    done = read_results(tmp_path)
+    assert sorted(r.name for r in done) == [f"mnv2_0.35_{res}_float32" for res in (128, 160, 96)]
+    assert all(r.status == "ok" for r in done)
+    moved = [r for r in done if r.retried]
+    assert len(moved) == 1 and f":{doomed.port}" in moved[0].retried[0], [r.retried for r in done]
+    assert all(r.board and f":{doomed.port}" not in r.board for r in done)  # the survivor measured them all
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "Measured again on another board after a failure" in report
