@@ -178,8 +178,9 @@ def judge(path: Path, out: Path, timeout: float) -> tuple[str, str]:
     err = done.stderr.strip()
     if "Traceback" in err:
         return "BUG", err.splitlines()[-1]
-    if done.returncode == 0:
-        return "verified", ""
+    if done.returncode == 0:  # the [verify] line: the worst error and LiteRT's own
+        return "verified", next((line.split(": OK: ", 1)[-1] for line in done.stdout.splitlines()
+                                 if line.startswith("[verify]")), "")
     if done.returncode == 2 and "\nerror: " in "\n" + err:
         return "refused", err[err.index("error: "):][:300]
     if done.returncode == 1:

@@ -130,6 +130,13 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     started = time.perf_counter()
     progress(f"[import] {source.path}")
     mod, info = frontend.load_relax(source.path, int8_lowering)
+    if source.labels is not None:  # before compiling: misaligned class names are worse than none
+        names = Path(source.labels).read_text().splitlines()
+        classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else None
+        if len(info.outputs) != 1 or len(names) != classes:
+            raise UserError(f"--labels {source.labels} has {len(names)} lines, but {source.name}'s output has "
+                            f"{classes} classes{'' if len(info.outputs) == 1 else ' (and several outputs)'}: "
+                            f"give one class name per line, in output order.")
     if info.lowering != "float":
         progress(f"[int8] {info.lowering} lowering" + (f": {info.lowering_note}" if info.lowering_note else
                                                       " (integer kernels, bit-exact with TFLite's reference kernels)"))

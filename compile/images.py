@@ -39,14 +39,16 @@ def synthetic_images(count: int, resolution: int, seed: int = 0) -> np.ndarray:
     return images
 
 
-def load_photo(path: str | Path, resolution: int, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """[1, res, res, 3] float32: resized RGB (bilinear), pixel values 0..255 mapped linearly onto
-    value_range (MobileNetV2's [-1, 1] by default), computed as the example apps do (examples/)."""
+def load_photo(path: str | Path, size: int | tuple[int, int], value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """[1, H, W, 3] float32 (size: H x W, or one side of a square): resized RGB (bilinear), pixel
+    values 0..255 mapped linearly onto value_range (MobileNetV2's [-1, 1] by default), computed as
+    the example apps do (examples/)."""
     from PIL import Image, UnidentifiedImageError
 
+    height, width = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+            rgb = img.convert("RGB").resize((width, height), Image.BILINEAR)
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"Cannot read the image {path}: {err}. Give a PNG or JPEG file.") from err
     lo, hi = value_range
@@ -54,9 +56,9 @@ def load_photo(path: str | Path, resolution: int, value_range: tuple[float, floa
 
 
 def picture_input(path: str | Path, spec, preprocess) -> np.ndarray:
-    """A picture as the model input `spec` (a TensorInfo, NHWC, square) by a manifest's
-    app.preprocess: quantized with the input's scale and zero point when the input is integer."""
-    x = load_photo(path, spec.shape[1], preprocess.value_range)
+    """A picture as the model input `spec` (a TensorInfo, NHWC) by a manifest's app.preprocess:
+    quantized with the input's scale and zero point when the input is integer."""
+    x = load_photo(path, (spec.shape[1], spec.shape[2]), preprocess.value_range)
     if spec.quantized:
         return quantize_input(x, spec.scale[0], spec.zero_point[0], spec.dtype)
     return x.astype(spec.dtype)

@@ -22,7 +22,7 @@ MODEL_COPY = "model.tflite"
 KERNELS = "kernels.cl"
 LABELS = "labels.txt"
 RUNTIME_DIR = "runtime"
-RUNTIME_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")
+RUNTIME_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")  # in runtime/, from the tvm and tvm_ffi packages
 
 # How an app runs model.so (TVM's Relax VM), the same calls tvm.runtime.vm.VirtualMachine makes.
 CALLING_SEQUENCE = (
@@ -31,7 +31,8 @@ CALLING_SEQUENCE = (
     "vm['vm_initialization'](device_type, device_id, 2, 1, 0, 2)  # pooled allocator; the CPU (1, 0) for shape code",
     "vm['set_input']('main', *inputs)",
     "vm['invoke_stateful']('main')",
-    "outputs = vm['get_outputs']('main')  # one Tensor, or an Array of them for several outputs",
+    "n = vm['get_output_arity']('main')  # -1: one output tensor; else a tuple of n",
+    "outputs = [vm['get_output']('main')] if n == -1 else [vm['get_output']('main', i) for i in range(n)]",
 )
 
 
@@ -168,10 +169,3 @@ class Manifest:
         except (KeyError, TypeError) as err:
             raise UserError(f"{path} does not follow {SCHEMA} ({type(err).__name__}: {err}); "
                             f"build the model again with --force.") from None
-
-    def picture_input(self) -> TensorInfo | None:
-        """The input a picture goes into: a single NHWC tensor with 3 channels."""
-        if len(self.inputs) != 1:
-            return None
-        shape = self.inputs[0].shape
-        return self.inputs[0] if len(shape) == 4 and shape[3] == 3 else None

@@ -48,24 +48,29 @@ class ModelSelection:
     expansion: int = EXPANSION
     classes: int = NUM_CLASSES
 
-    def requests(self, **common) -> list[tuple[str, BuildRequest]]:
-        """(label, BuildRequest) per model; `common` holds the other BuildRequest fields."""
+    def variants(self) -> list[tuple[Variant, str]]:
+        """(variant, dtype) per generated model chosen (none when files are)."""
         if self.models and self.all_official:
             raise UserError("--model and --all-official exclude each other: the files, or the 22 variants.")
+        if self.models:
+            return []
+        unknown = [d for d in self.dtypes if d not in generate.DTYPES]
+        if unknown or not self.dtypes:
+            raise UserError(f"Unknown --dtype {','.join(unknown)!r}: use {' or '.join(generate.DTYPES)} "
+                            f"(or both, comma-separated).")
+        sizes = [(v.width, v.resolution) for v in official_variants()] if self.all_official else [
+            (w, r) for w in self.widths for r in self.resolutions]
+        return [(Variant(w, r, self.classes, self.expansion), dtype) for dtype in self.dtypes for w, r in sizes]
+
+    def requests(self, **common) -> list[tuple[str, BuildRequest]]:
+        """(label, BuildRequest) per model; `common` holds the other BuildRequest fields."""
         missing = [str(path) for path in self.models if not Path(path).exists()]
         if missing:  # all at once, before anything starts (what is there but unreadable, the front end names)
             raise UserError(f"Model file {', '.join(missing)} does not exist. Check the path given to --model.")
-        if self.models:
-            return [(Path(path).name, BuildRequest(model=Path(path), **common)) for path in self.models]
-        unknown = [d for d in self.dtypes if d not in generate.DTYPES]
-        if unknown or not self.dtypes:
-            raise UserError(f"Unknown --dtype {','.join(unknown)!r}: use {' or '.join(generate.DTYPES)} (or both, comma-separated).")
-        sizes = [(v.width, v.resolution) for v in official_variants()] if self.all_official else [
-            (w, r) for w in self.widths for r in self.resolutions]
-        variants = [Variant(w, r, self.classes, self.expansion) for w, r in sizes]
-        return [(f"{v.tag} {dtype}", BuildRequest(width=v.width, resolution=v.resolution, dtype=dtype,
-                                                  expansion=v.expansion, classes=v.num_classes, **common))
-                for dtype in self.dtypes for v in variants]
+        files = [(Path(path).name, BuildRequest(model=Path(path), **common)) for path in self.models]
+        return files + [(f"{v.tag} {dtype}", BuildRequest(width=v.width, resolution=v.resolution, dtype=dtype,
+                                                          expansion=v.expansion, classes=v.num_classes, **common))
+                        for v, dtype in self.variants()]
 
 
 def artifact_dir(out: Path, profile: Profile, source: artifact.ModelSource) -> Path:
@@ -92,16 +97,12 @@ def sources(request: BuildRequest) -> list[artifact.ModelSource]:
 
 
 def _model_sources(request: BuildRequest) -> list[artifact.ModelSource]:
-    if request.model is not None:
-        if request.all_variants:
-            raise UserError("--model and --all-variants exclude each other: build one file, or the 22 variants.")
+    if request.model is not None and not request.all_variants:
         return [artifact.ModelSource(Path(request.model))]
-    if request.dtype not in generate.DTYPES:
-        raise UserError(f"Unknown --dtype {request.dtype!r}: use {' or '.join(generate.DTYPES)}.")
-    sizes = [(v.width, v.resolution) for v in official_variants()] if request.all_variants else \
-        [(request.width, request.resolution)]
-    variants = [Variant(w, r, request.classes, request.expansion) for w, r in sizes]
-    return [generated_source(v, request.dtype, request.out) for v in variants]
+    selection = ModelSelection([request.width], [request.resolution], [request.dtype], request.all_variants,
+                               [request.model] if request.model is not None else [], request.expansion,
+                               request.classes)
+    return [generated_source(v, dtype, request.out) for v, dtype in selection.variants()]
 
 
 def tuning_for(request: BuildRequest, profile: Profile):

@@ -35,7 +35,8 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
 
 
 def tracker_keys(host: str, port: int, timeout: float = 5.0) -> dict[str, int]:
-    """{key: free servers} as the tracker reports them; UserError when no tracker answers."""
+    """{key: servers registered under it, busy or free} as the tracker reports them; UserError when
+    no tracker answers."""
     from tvm import rpc
     from tvm.rpc.base import RPC_TRACKER_MAGIC
 

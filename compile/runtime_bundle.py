@@ -17,13 +17,13 @@ from importlib import metadata
 from pathlib import Path
 
 from compile.errors import UserError
-from compile.manifest import RUNTIME_DIR
+from compile.manifest import RUNTIME_DIR, RUNTIME_LIBRARIES
 from compile.paths import CACHE_ROOT
 from targets.profiles import Profile
 
 CACHE = CACHE_ROOT / "runtime-wheels"
-# Files in the wheels that an app needs at run time (the compiler library is not one of them).
-RUNTIME_FILES = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
+# The manifest's runtime libraries, where the wheels keep them (the compiler library is not needed).
+RUNTIME_FILES = tuple(f"{'tvm_ffi' if 'ffi' in name else 'tvm'}/lib/{name}" for name in RUNTIME_LIBRARIES)
 WHEEL_PLATFORMS = {"aarch64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64")}
 PACKAGES = ("apache-tvm", "apache-tvm-ffi")
 

@@ -39,6 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from compile.paths import SOURCE_CHECKOUT
+
+    if not SOURCE_CHECKOUT and args.tuning_log is None:
+        from compile.errors import UserError
+
+        raise UserError("An installed mnv2-edge does not write into its installation: give --tuning-log DIR for "
+                        "the database to write (and pass the same --tuning-log to mnv2-build and mnv2-bench).")
     if args.compact is not None:
         return compact(args)
     from compile.tune_job import KINDS, TuneRequest, tune
@@ -79,9 +86,9 @@ def tuned_model(args):
         return replace(selection.requests(**common)[0][1], all_variants=True)
     requests = selection.requests(**common)
     if len(requests) != 1:
-        raise UserError(f"Tune one model at a time ({len(requests)} chosen: "
-                        f"{', '.join(label for label, _ in requests[:4])}...), or --all-official in one --dtype, "
-                        f"which tunes each distinct kernel of the 22 variants once.")
+        listed = ", ".join(label for label, _ in requests[:4]) + (", ..." if len(requests) > 4 else "")
+        raise UserError(f"Tune one model at a time ({len(requests)} chosen: {listed}), or --all-official in one "
+                        f"--dtype, which tunes each distinct kernel of the 22 variants once.")
     return requests[0][1]
 
 

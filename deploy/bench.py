@@ -47,7 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
     p.add_argument("--timeout", type=float, default=300, help="seconds per variant on the device (default 300)")
-    p.add_argument("--key-wait", type=float, default=10, help="seconds to wait for the key at the tracker")
     return p.parse_args(argv)
 
 

@@ -5,7 +5,7 @@ the board on the same .tflite file and inputs, so a sweep shows ours and LiteRT'
 
 Copy this one file to the board (it imports nothing of the project; it needs the TVM runtime and,
 for the LiteRT column, `pip install ai-edge-litert` or `tflite-runtime` on the board). Its flags are
-those of `python -m tvm.exec.rpc_server`. The sweep starts it itself on the emulated board and over
+the main ones of `python -m tvm.exec.rpc_server` (below). The sweep starts it itself on the emulated board and over
 SSH; on a board reached through a tracker or directly, start it instead of TVM's stock server (with
 the stock server the LiteRT column stays empty and the report says why).
 """
@@ -50,6 +50,8 @@ def register_litert_timer() -> None:
             interpreter = interpreter_for(bytes(model), int(threads))
         except ImportError:
             return json.dumps({"error": "no LiteRT on the board: pip install ai-edge-litert (or tflite-runtime)"})
+        except Exception as err:  # noqa: BLE001 - this LiteRT cannot run the file: say so, do not fail the session
+            return json.dumps({"error": f"LiteRT on the board cannot run the file: {type(err).__name__}: {err}"})
         if int(number) == 0:
             arrays = np.load(io.BytesIO(bytes(inputs)))
             for detail, name in zip(interpreter.get_input_details(), arrays.files):

@@ -48,10 +48,20 @@ def main(argv=None) -> int:
         raise UserError(f"No such picture: {', '.join(missing)}.")
     if args.top < 1:
         raise UserError(f"--top takes a whole number of at least 1, not {args.top}.")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads takes a whole number of at least 1, not {args.threads}.")
     args.target = manifest.target.profile  # the device flags' defaults (the tracker key) follow the build
     with contextlib.ExitStack() as stack:
         endpoint, label = endpoint_for(args, stack)
-        session = stack.enter_context(LocalSession() if endpoint is None else endpoint.open())
+        if endpoint is None:
+            session = LocalSession()
+        else:
+            endpoint.check(args.key_wait)
+            try:
+                session = stack.enter_context(endpoint.open())
+            except (RuntimeError, OSError) as err:  # TVM's RPC errors are RuntimeErrors
+                raise UserError(f"Could not open a session on {endpoint.label}: {str(err).strip().splitlines()[-1]}. "
+                                f"Check that the device's RPC server runs and is free.") from None
         predictions = classify(args.artifact, args.images, session, args.top, args.check, args.threads)
     print(f"{manifest.name} ({manifest.target.profile}) on {label or endpoint.label}")
     for p in predictions:

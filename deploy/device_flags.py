@@ -22,6 +22,8 @@ def add_device_flags(parser) -> None:
     where.add_argument("--emulated-board", action="store_true",
                        help="start the emulated Cortex-A board (qemu-user) for this command; its timings are NOT device latencies")
     where.add_argument("--session-timeout", type=int, default=600, help="seconds a server keeps one session")
+    where.add_argument("--key-wait", type=float, default=10,
+                       help="seconds to wait for the tracker to have the key (or the server to answer)")
 
 
 def endpoint_for(args, stack: contextlib.ExitStack):
@@ -51,6 +53,6 @@ def endpoint_for(args, stack: contextlib.ExitStack):
             args.ssh, key_file=args.ssh_key, known_hosts=args.ssh_known_hosts, python=args.ssh_python))
         return Endpoint("127.0.0.1", tunnel.local_port, None, args.session_timeout), f"ssh {args.ssh}"
     if args.target != "host":
-        raise UserError(f"--target {args.target} runs on a remote device: give --rpc-tracker, --rpc-host, --ssh "
+        raise UserError(f"{args.target} models run on a remote device: give --rpc-tracker, --rpc-host, --ssh "
                         f"or --emulated-board.")
     return None, "local"

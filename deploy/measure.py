@@ -42,12 +42,19 @@ class Interrupted(Exception):
     """The worker was stopped by Ctrl-C: nothing was measured, nothing is to be recorded."""
 
 
-class DeviceError(Exception):
-    """The device failed, froze or went away during a variant; the message says which, `board` where."""
+# What a board that died or dropped its connection makes TVM's RPC client say.
+LOST_BOARD_SIGNS = ("kShutdown", "Connection reset", "Connection refused", "Broken pipe", "Socket", "EOF")
 
-    def __init__(self, message: str, board: str = ""):
+
+class DeviceError(Exception):
+    """The device failed, froze or went away during a variant; the message says which, `board` where.
+    `board_lost`: the board died, froze or dropped the connection (another board may do the work),
+    rather than failing on this model (which any board would)."""
+
+    def __init__(self, message: str, board: str = "", board_lost: bool | None = None):
         super().__init__(message)
         self.board = board
+        self.board_lost = any(sign in message for sign in LOST_BOARD_SIGNS) if board_lost is None else board_lost
 
 
 HEARTBEAT_S = 5.0  # the timed runs go in chunks of about this long, each reported to the sweep
@@ -69,12 +76,17 @@ def _time_litert(session, report, model: Path, inputs, threads: int | None, numb
     packed = io.BytesIO()
     np.savez(packed, *inputs)
     model_bytes, input_bytes = bytearray(Path(model).read_bytes()), bytearray(packed.getvalue())
-    warm = json.loads(timer(model_bytes, input_bytes, threads or 0, 0, 0))
-    if "error" in warm:
-        return [], warm["error"]
-    number, repeat = fit_timing(number, repeat, warm["per_run"], budget_seconds)
-    report({"timing": number * repeat * warm["per_run"]})
-    return json.loads(timer(model_bytes, input_bytes, threads or 0, number, repeat))["samples"], ""
+    report({"quiet": True})  # loading LiteRT and the model on the board: no heartbeat until timed
+    try:
+        warm = json.loads(timer(model_bytes, input_bytes, threads or 0, 0, 0))
+        if "error" in warm:
+            return [], warm["error"]
+        number, repeat = fit_timing(number, repeat, warm["per_run"], budget_seconds)
+        report({"timing": number * repeat * warm["per_run"]})
+        return json.loads(timer(model_bytes, input_bytes, threads or 0, number, repeat))["samples"], ""
+    except Exception as err:  # noqa: BLE001 - LiteRT failing on the board leaves our measurement standing
+        lines = str(err).strip().splitlines()
+        return [], f"LiteRT failed on the device ({type(err).__name__}: {lines[-1] if lines else ''})"
 
 
 def _work(report, endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,
@@ -163,21 +175,24 @@ def run_on_device(endpoint, library: Path, remote_name: str, kind: str, input_se
                 if silence is not None and time.monotonic() < deadline:
                     raise DeviceError(f"the board{where} stopped answering during the timed runs (no word for "
                                       f"{silence:.0f} s, where a chunk of runs takes {chunk:.1f} s): frozen; "
-                                      f"the run was abandoned without waiting for --timeout.", board)
+                                      f"the run was abandoned without waiting for --timeout.", board, True)
                 raise DeviceError(f"no answer from the device{where} within {timeout:.0f} s (frozen or far too "
-                                  f"slow); the run was abandoned. Raise --timeout for slow boards.", board)
+                                  f"slow); the run was abandoned. Raise --timeout for slow boards.", board, True)
             try:
                 message = receiver.recv()
             except EOFError:
                 process.join(2)
                 if process.exitcode == -signal.SIGINT:
                     raise Interrupted() from None
-                raise DeviceError(f"the worker talking to the device died (exit code {process.exitcode})", board) from None
+                raise DeviceError(f"the worker talking to the device died (exit code {process.exitcode})", board,
+                                  True) from None
             if "board" in message:  # a board is ours: --timeout counts from now, not from the queue
                 board, deadline = message["board"], time.monotonic() + timeout
             if "timing" in message:
                 chunk = message["timing"]
                 silence = max(SILENCE_S, 4 * chunk)
+            if message.get("quiet"):  # a step that reports nothing until done: only --timeout applies
+                silence = None
             if "ok" in message or "error" in message:
                 break
     finally:

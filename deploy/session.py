@@ -37,7 +37,8 @@ class LocalSession:
         return set_local_threads(count)
 
     def litert_timer(self):
-        """(LiteRT timing function, "") here; (None, why) when LiteRT is not installed."""
+        """(LiteRT timing function, ""): LiteRT in this process (the function itself says when
+        LiteRT is not installed)."""
         import tvm
 
         from deploy import board_server
@@ -67,6 +68,16 @@ class Endpoint:
     @property
     def label(self) -> str:
         return f"tracker {self.host}:{self.port} key {self.key}" if self.key else f"rpc {self.host}:{self.port}"
+
+    def check(self, wait: float) -> None:
+        """Bounded checks that the device is there (UserError if not): the tracker has a server under
+        the key, or the direct server accepts connections."""
+        from compile.rpc_tracker import wait_for_key, wait_for_port
+
+        if self.key:
+            wait_for_key(self.host, self.port, self.key, wait)
+        else:
+            wait_for_port(self.port, wait, host=self.host)
 
     def open(self) -> "RemoteSession":
         from tvm import rpc

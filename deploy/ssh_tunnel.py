@@ -89,14 +89,13 @@ class SSHRPCServer:
 
         from deploy.loopback import BOARD_SERVER
 
-        # Our board server (TVM's, plus LiteRT timing), written by the board's own python from the
-        # command line (no SFTP subsystem needed): one small file, fresh each time.
-        remote_script = f"/tmp/mnv2-board-server-{self.user}.py"
+        # Our board server (TVM's, plus LiteRT timing), passed on the command line and run by the
+        # board's python as __main__: no file left on the board (nor one another user could swap),
+        # no SFTP subsystem needed. The comment names the process for ps/pgrep.
         payload = base64.b64encode(BOARD_SERVER.read_bytes()).decode()
-        write = (f"{self.python} -c 'import base64, sys; open(sys.argv[1], \"wb\").write(base64.b64decode(sys.argv[2]))' "
-                 f"{remote_script} {payload}")
-        command = (f"{write} && echo MNV2_PID=$$ && exec {self.python} {remote_script} --host 127.0.0.1 "
-                   f"--port {REMOTE_PORT} --port-end {REMOTE_PORT + REMOTE_PORT_SPAN}")
+        command = (f"echo MNV2_PID=$$; exec {self.python} -c 'import base64, sys; "
+                   f"exec(base64.b64decode(sys.argv.pop(1)))  # mnv2-edge board_server' {payload} "
+                   f"--host 127.0.0.1 --port {REMOTE_PORT} --port-end {REMOTE_PORT + REMOTE_PORT_SPAN}")
         try:
             channel = self.client.get_transport().open_session(timeout=self.connect_timeout)
             channel.get_pty()  # the server gets SIGHUP if the connection drops

@@ -72,7 +72,7 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
         device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest.name}.so", manifest.app.device,
                                input_sets, config.timing, config.timeout, out_dir / MODEL_COPY)
     except DeviceError as err:
-        result.error, result.board = str(err), err.board
+        result.error, result.board, result.board_lost = str(err), err.board, err.board_lost
         return result
     names = [t.name for t in manifest.outputs]
     checks = compare_with_litert(out_dir / MODEL_COPY, names, input_sets, device["outputs"], manifest.model.lowering)
@@ -98,11 +98,8 @@ def _duration(seconds: float) -> str:
 
 def _check_device(config: SweepConfig) -> None:
     """Bounded checks that the device is there: the tracker offers the key, or the server answers."""
-    endpoint = config.endpoint
-    if endpoint is not None and endpoint.key:
-        loopback.wait_for_key(endpoint.host, endpoint.port, endpoint.key, config.key_wait)
-    elif endpoint is not None:
-        loopback.wait_for_port(endpoint.port, config.key_wait, host=endpoint.host)
+    if config.endpoint is not None:
+        config.endpoint.check(config.key_wait)
 
 
 def _boards(config: SweepConfig) -> int:
@@ -128,6 +125,8 @@ def measure_on_farm(config: SweepConfig, out_dir: Path, boards: int, step: str, 
         try:  # another board still registered: the tracker queues the request until one is free
             loopback.wait_for_key(endpoint.host, endpoint.port, endpoint.key, config.key_wait)
         except UserError:
+            return result
+        if not result.board_lost:  # it failed on the model, not the board: another board would too
             return result
         retried = [*retried, f"{result.board or 'a board'}: {result.error}"]
         progress(f"{step}: failed on {result.board or 'a board'} ({result.error}); measuring it on another "
@@ -222,7 +221,7 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             running.append(pool.submit(measure, step, out_dir))
         for future in running:
             future.result()
-    except BaseException:
+    except KeyboardInterrupt:  # other failures stop new work; what is in flight still finishes and is kept
         stopping.set()
         raise
     finally:

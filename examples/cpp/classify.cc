@@ -173,6 +173,8 @@ std::vector<double> Scores(const Tensor& out, const ffi::Map<ffi::Any, ffi::Any>
   const Quantization q = QuantizationOf(spec);
   const size_t count = static_cast<size_t>(out.numel());
   const DLDataType dtype = out.dtype();
+  if (!(dtype.code == kDLFloat && dtype.bits == 32) && dtype.bits != 8)
+    throw std::runtime_error("the first output is neither float32 nor 8-bit integer scores");
   const char* raw = static_cast<const char*>(out.data_ptr());  // CPU memory: read in place
   std::vector<double> scores(count);
   for (size_t i = 0; i < count; ++i) {
@@ -191,13 +193,16 @@ int Run(int argc, char** argv) {
   const std::string dir = argv[1], image = argv[2];
   int top = 5, threads = 0;
   std::string save_input;
-  for (int i = 3; i + 1 < argc; i += 2) {
+  for (int i = 3; i < argc; i += 2) {
     const std::string flag = argv[i];
+    if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
     if (flag == "--top") top = std::atoi(argv[i + 1]);
     else if (flag == "--threads") threads = std::atoi(argv[i + 1]);
     else if (flag == "--save-input") save_input = argv[i + 1];
     else throw std::invalid_argument("unknown option " + flag);
   }
+  if (top < 1) throw std::invalid_argument("--top takes a whole number of at least 1");
+  if (threads < 0) throw std::invalid_argument("--threads takes a whole number of at least 1");
 
   ffi::String error;
   ffi::Any parsed = ffi::json::Parse(ReadText(dir + "/manifest.json"), &error);
@@ -227,7 +232,8 @@ int Run(int argc, char** argv) {
 
   // The calling sequence of manifest app.calling_sequence.
   DLDevice cpu{kDLCPU, 0};
-  ffi::Module lib = ffi::Module::LoadFromFile(dir + "/model.so");
+  const std::string library = Obj(manifest.at("library")).at("file").cast<ffi::String>();
+  ffi::Module lib = ffi::Module::LoadFromFile(dir + "/" + library);
   ffi::Module vm = Fn(lib, "vm_load_executable")().cast<ffi::Module>();
   const int pooled = 2;
   Fn(vm, "vm_initialization")(static_cast<int>(kDLCPU), 0, pooled, static_cast<int>(kDLCPU), 0, pooled);
