@@ -160,6 +160,28 @@ def _dequantize(ctx, op, x):
     return x  # constants and inputs are already real numbers here (see Float64Model._constant)
 
 
+def _resize_bilinear(ctx, op, x, size):
+    """TFLite's RESIZE_BILINEAR (reference kernel's rule: align_corners, half_pixel_centers, the lower
+    source index clamped at 0 and the upper at the edge), in float64."""
+    o = builtin_options(op, tflite.ResizeBilinearOptions)
+    align, half = bool(o and o.AlignCorners()), bool(o and o.HalfPixelCenters())
+
+    def taps(out: int, size_in: int):
+        scale = (size_in - 1) / (out - 1) if align and out > 1 else size_in / out
+        at = np.arange(out, dtype=np.float64)
+        source = (at + 0.5) * scale - 0.5 if half else at * scale
+        low = np.maximum(np.floor(source), 0).astype(int)
+        high = np.minimum(np.ceil(source), size_in - 1).astype(int)
+        return low, high, source - low
+
+    y0, y1, dy = taps(ctx.output_shape[1], x.shape[1])
+    x0, x1, dx = taps(ctx.output_shape[2], x.shape[2])
+    dx, dy = dx[None, None, :, None], dy[None, :, None, None]
+    top = x[:, y0][:, :, x0] * (1 - dx) + x[:, y0][:, :, x1] * dx
+    bottom = x[:, y1][:, :, x0] * (1 - dx) + x[:, y1][:, :, x1] * dx
+    return top * (1 - dy) + bottom * dy
+
+
 def _leaky_relu(ctx, op, x):
     alpha = builtin_options(op, tflite.LeakyReluOptions).Alpha()
     return np.where(x >= 0, x, alpha * x)
@@ -192,6 +214,7 @@ OPS = {
     "EXPAND_DIMS": _to_output_shape,
     "CONCATENATION": _concatenation,
     "PAD": _pad,
+    "RESIZE_BILINEAR": _resize_bilinear,
     "PADV2": _pad,
     "TRANSPOSE": lambda ctx, op, x, perm: np.transpose(x, np.asarray(perm, int)),
     "DEQUANTIZE": _dequantize,

@@ -46,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="measure again what an identical earlier measurement in results.jsonl covers")
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
-    p.add_argument("--timeout", type=float, default=300, help="seconds per variant on the device (default 300)")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds per model on the device (default 300), scaled up for models of more than "
+                        "300M multiply-adds (1.4/224 gets about twice as long)")
     return p.parse_args(argv)
 
 

@@ -9,7 +9,7 @@ from compile.images import model_inputs
 from compile.manifest import LIBRARY, MODEL_COPY, Manifest
 from deploy import runner
 from deploy.reference import reference_outputs
-from deploy.verify import OutputCheck, check_outputs
+from deploy.verify import OutputCheck, check_outputs, pool_litert_error
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -41,7 +41,7 @@ def compare_with_litert(model: Path, output_names: list[str], input_sets, device
     checks = []
     for reference, got in zip(reference_outputs(model, input_sets, tolerance), device_outputs):
         checks += check_outputs(output_names, reference, got)
-    return checks
+    return pool_litert_error(checks)
 
 
 def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=None) -> ArtifactCheck:

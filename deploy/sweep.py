@@ -50,6 +50,15 @@ def _device_label(config: SweepConfig) -> str:
     return config.device_label or (config.endpoint.label if config.endpoint else "local")
 
 
+TIMEOUT_MACS = 300e6  # --timeout is for a model of up to this much work (MobileNetV2 1.0/224)
+
+
+def time_limit(config: SweepConfig, macs: int | None) -> float:
+    """--timeout, scaled up for models of more multiply-adds than TIMEOUT_MACS (1.4/224 gets about
+    twice as long), so one limit fits every variant of a sweep."""
+    return config.timeout * max(1.0, (macs or 0) / TIMEOUT_MACS)
+
+
 def _timing_record(config: SweepConfig) -> dict:
     """The timing asked for, part of what a result measured: --timeout included, since the runs are
     cut to fit it on a slow device (a longer --timeout measures more runs, so again)."""
@@ -70,7 +79,8 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
     input_sets = [model_inputs(manifest.inputs, seed) for seed in range(config.verify_inputs)]
     try:
         device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest.name}.so", manifest.app.device,
-                               input_sets, config.timing, config.timeout, out_dir / MODEL_COPY)
+                               input_sets, config.timing, time_limit(config, variant and variant.macs),
+                               out_dir / MODEL_COPY)
     except DeviceError as err:
         result.error, result.board, result.board_lost = str(err), err.board, err.board_lost
         return result
@@ -141,7 +151,8 @@ def _record(config: SweepConfig, step: str, result: results.BenchmarkResult, pro
     if result.timed and (result.timed["number"], result.timed["repeat"]) != (config.timing.number,
                                                                            config.timing.repeat):
         progress(f"{step}: timed {result.timed['number']} x {result.timed['repeat']} runs instead of "
-                 f"{config.timing.number} x {config.timing.repeat}, to fit --timeout {config.timeout:.0f} s")
+                 f"{config.timing.number} x {config.timing.repeat}, to fit --timeout "
+                 f"{time_limit(config, result.macs):.0f} s")
     where = f" on {result.board}" if result.board and result.board != "local" else ""
     if result.status == "ok" and result.latency:
         lat = result.latency

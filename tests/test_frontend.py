@@ -182,20 +182,26 @@ def test_a_bug_of_ours_exits_3_and_says_what_to_report(capsys):
     assert err.startswith("internal error: KeyError") and "bug in mnv2-edge" in err and "report" in err
 
 
-def test_sparse_weights_are_densified_not_refused(tmp_path):
+@pytest.mark.parametrize("stored", ["float32", "float16"])
+def test_sparse_weights_are_densified_not_refused(stored, tmp_path):
     """TFLite's sparsity encoding (TensorFlow's converter writes it with EXPERIMENTAL_SPARSITY): a
-    DENSIFY'd CSR weight stores fewer bytes than its shape; it builds and matches LiteRT."""
+    DENSIFY'd CSR weight stores fewer bytes than its shape; it builds and matches LiteRT. Stored as
+    float16 (DENSIFY -> DEQUANTIZE, as in MediaPipe's face and pose detectors) too."""
     rng = np.random.default_rng(0)
-    weight = rng.normal(size=(64, 96)).astype(np.float32)
+    weight = rng.normal(size=(64, 96)).astype(stored)
     weight[rng.random(weight.shape) < 0.8] = 0
     graph = Graph()
     x = graph.add_tensor(Tensor("x", (1, 96), "float32"))
-    sparse = graph.add_tensor(Tensor("w_sparse", (64, 96), "float32", weight, sparse=True))
-    dense = graph.add_tensor(Tensor("w", (64, 96), "float32"))
+    sparse = graph.add_tensor(Tensor("w_sparse", (64, 96), stored, weight, sparse=True))
+    dense = graph.add_tensor(Tensor("w_dense", (64, 96), stored))
     y = graph.add_tensor(Tensor("y", (1, 64), "float32"))
-    graph.operators = [Operator("DENSIFY", [sparse], [dense]),
-                       Operator("FULLY_CONNECTED", [x, dense, -1], [y], "FullyConnectedOptions",
-                                {"FusedActivationFunction": 0})]
+    graph.operators = [Operator("DENSIFY", [sparse], [dense])]
+    if stored == "float16":
+        dense_float = graph.add_tensor(Tensor("w", (64, 96), "float32"))
+        graph.operators.append(Operator("DEQUANTIZE", [dense], [dense_float]))
+        dense = dense_float
+    graph.operators.append(Operator("FULLY_CONNECTED", [x, dense, -1], [y], "FullyConnectedOptions",
+                                    {"FusedActivationFunction": 0}))
     graph.inputs, graph.outputs = [x], [y]
     path = tmp_path / "sparse.tflite"
     path.write_bytes(serialize(graph))
@@ -203,3 +209,55 @@ def test_sparse_weights_are_densified_not_refused(tmp_path):
     result = run_cli("compile/build.py", "--target", "host", "--model", path, "--verify", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert ": OK: " in result.stdout
+
+
+def test_declared_shapes_that_do_not_hold_together_are_refused(tmp_path):
+    """Found by fuzzing: a convolution's stride changed with its declared output left as it was.
+    LiteRT recomputes the shapes and runs it; TVM would take the declared ones and compute garbage."""
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 96, 96, 3), "float32"))
+    w = graph.add_tensor(Tensor("w", (16, 3, 3, 3), "float32", np.ones((16, 3, 3, 3), np.float32)))
+    b = graph.add_tensor(Tensor("b", (16,), "float32", np.zeros(16, np.float32)))
+    y = graph.add_tensor(Tensor("stem", (1, 48, 48, 16), "float32"))  # stride 2 x 5 makes 48 x 20
+    graph.operators = [Operator("CONV_2D", [x, w, b], [y], "Conv2DOptions",
+                                {"Padding": 0, "StrideW": 5, "StrideH": 2, "FusedActivationFunction": 0,
+                                 "DilationWFactor": 1, "DilationHFactor": 1}, 1)]
+    graph.inputs, graph.outputs = [x], [y]
+    path = tmp_path / "inconsistent.tflite"
+    path.write_bytes(serialize(graph))
+    refused = run_cli("compile/build.py", "--target", "host", "--model", path, "--out", tmp_path)
+    assert_clean_error(refused, "do not hold together at operator 0 (CONV_2D)", "[1, 48, 20, 16]", "declared [1, 48, 48, 16]")
+
+
+def test_a_non_finite_weight_is_refused_by_name(tmp_path):
+    """Found by fuzzing: an Inf weight makes LiteRT's outputs NaN, while TVM's code (which skips the
+    zero padding) would make numbers: the file is refused as damaged, naming the tensor."""
+    weight = np.ones((1, 3, 3, 8), np.float32)
+    weight[0, 1, 1, 3] = np.inf
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 6, 6, 8), "float32"))
+    w = graph.add_tensor(Tensor("dw_weights", (1, 3, 3, 8), "float32", weight))
+    b = graph.add_tensor(Tensor("b", (8,), "float32", np.zeros(8, np.float32)))
+    y = graph.add_tensor(Tensor("y", (1, 6, 6, 8), "float32"))
+    graph.operators = [Operator("DEPTHWISE_CONV_2D", [x, w, b], [y], "DepthwiseConv2DOptions",
+                                {"Padding": 0, "StrideW": 1, "StrideH": 1, "DepthMultiplier": 1,
+                                 "FusedActivationFunction": 0, "DilationWFactor": 1, "DilationHFactor": 1}, 1)]
+    graph.inputs, graph.outputs = [x], [y]
+    path = tmp_path / "inf.tflite"
+    path.write_bytes(serialize(graph))
+    assert_clean_error(run_cli("compile/build.py", "--target", "host", "--model", path, "--out", tmp_path),
+                       "tensor 1 (dw_weights) holds 1 non-finite value")
+
+
+def test_softmax_beta_is_applied(tmp_path):
+    """Found by fuzzing: TVM's converter ignored SOFTMAX's beta; softmax(2x) built as softmax(x)."""
+    graph = Graph()
+    x = graph.add_tensor(Tensor("x", (1, 10), "float32"))
+    y = graph.add_tensor(Tensor("y", (1, 10), "float32"))
+    graph.operators = [Operator("SOFTMAX", [x], [y], "SoftmaxOptions", {"Beta": 2.0})]
+    graph.inputs, graph.outputs = [x], [y]
+    path = tmp_path / "softmax_beta.tflite"
+    path.write_bytes(serialize(graph))
+    result = run_cli("compile/build.py", "--target", "host", "--model", path, "--verify", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ": OK: worst error against float64" in result.stdout
