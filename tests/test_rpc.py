@@ -14,7 +14,7 @@ from conftest import ROOT, assert_clean_error, run_cli
 from rpc_helpers import python_for_board, sshd, tracker_with_servers
 
 from compile.artifact import elf_machine
-from deploy import loopback, results
+from deploy import emulated_board, loopback, results
 
 pytestmark = pytest.mark.slow
 SMALL = ["--widths", "0.35", "--resolutions", "96"]
@@ -298,3 +298,31 @@ def test_a_farm_under_one_key_measures_in_parallel_and_moves_a_dead_boards_varia
     assert all(r.board and f":{doomed.port}" not in r.board for r in done)  # the survivor measured them all
     report = (tmp_path / "results" / "report.md").read_text()
     assert "Measured again on another board after a failure" in report
+
+
+def test_two_emulated_boards_under_one_key_share_a_sweep(tmp_path):
+    """Two aarch64 boards (qemu) registered under one key: the float32 and int8 models are measured
+    at once, one on each board, each checked against LiteRT and timed with LiteRT on its board."""
+    launcher = emulated_board.provision(progress=lambda m: None)
+    built = run_cli("compile/build.py", "--target", "arm_cpu", *SMALL, "--dtype", "float32,int8",
+                    "--out", tmp_path.parent / "dist")  # built first: both boards start measuring at once
+    assert built.returncode == 0, built.stderr
+    services = loopback.Services()
+    try:
+        tracker = loopback.start_tracker(tmp_path / "logs")
+        services.items.append(tracker)
+        for index in range(2):
+            services.items.append(loopback.start_server(emulated_board.KEY, tmp_path / "logs", tracker.port,
+                                                        python=[str(launcher)], ready_timeout=120,
+                                                        name=f"board-{index}"))
+        result = bench(tmp_path, "--target", "arm_cpu", "--rpc-tracker", f"127.0.0.1:{tracker.port}",
+                       "--rpc-key", emulated_board.KEY, *SMALL, "--dtype", "float32,int8", "--number", "1",
+                       "--repeat", "2")
+    finally:
+        services.stop()
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "2 boards under key emulated-a72" in result.stdout
+    done = read_results(tmp_path)
+    assert {r.name for r in done} == {"mnv2_0.35_96_float32", "mnv2_0.35_96_int8"}
+    assert all(r.status == "ok" and r.litert for r in done)
+    assert len({r.board for r in done}) == 2, [r.board for r in done]  # one model on each board
