@@ -17,9 +17,17 @@ import argparse
 FUNCTION = "mnv2.litert"
 
 
+def prepare_server_process() -> None:
+    """Runs in the server process before it serves (TVM's server_init_callback): the log says which
+    client each session served, as TVM's stock server's does, and the LiteRT timer is registered
+    (session processes are forked from this one and inherit both)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    register_litert_timer()
+
+
 def register_litert_timer() -> None:
-    """Runs in the server process before it serves (TVM's server_init_callback); session processes
-    are forked from it and inherit the function."""
     import io
     import json
     import time
@@ -85,7 +93,7 @@ def main() -> None:
         host, port = args.tracker.rsplit(":", 1)
         tracker = (host, int(port))
     server = rpc.Server(args.host, args.port, args.port_end, key=args.key, tracker_addr=tracker,
-                        custom_addr=args.custom_addr, no_fork=False, server_init_callback=register_litert_timer)
+                        custom_addr=args.custom_addr, no_fork=False, server_init_callback=prepare_server_process)
     server.proc.join()
 
 

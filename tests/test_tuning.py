@@ -1,5 +1,6 @@
 """MetaSchedule tuning: task classification, local and RPC tuning, resume, and the build applying it."""
 
+import json
 import re
 import subprocess
 
@@ -115,14 +116,34 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
 
 
 @pytest.mark.slow
-def test_tuning_through_a_tracker_on_this_hosts_rpc_server(tmp_path, small_model):
-    with tracker_with_servers(tmp_path / "logs") as services:
+def test_tuning_on_two_boards_and_a_sweep_measures_again_after_the_database_changes(tmp_path, small_model):
+    """Two servers under one key: MetaSchedule's RPC runner measures candidates on both at once. A sweep
+    with that database is skipped on a rerun, and measured again once tuning has changed the database."""
+    sweep = ["deploy/bench.py", "--target", "host", "--model", small_model, "--tuning-log", tmp_path / "db",
+             "--results", tmp_path / "results", "--out", tmp_path / "dist", "--number", "2", "--repeat", "3",
+             "--no-litert"]
+    with tracker_with_servers(tmp_path / "logs", keys=("host", "host")) as services:
         port = services.find("tracker").port
-        result = tune(tmp_path, small_model, "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}",
-                      "--rpc-key", "host")
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert "(stem, x1): best" in result.stdout
-    assert (tmp_path / "db" / tuning.RECORD_FILE).read_text().count("\n") >= 2
+        board_flags = ["--target", "host", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "host"]
+        result = tune(tmp_path, small_model, *board_flags, "--trials", "6")
+        assert result.returncode == 0, result.stderr + result.stdout
+        assert "measuring candidates on 2 board(s) under key host" in result.stdout
+        assert "(stem, x1): best" in result.stdout
+        sessions = [(tmp_path / "logs" / f"server-host-{i}.log").read_text().count("connected from")
+                    for i in range(2)]
+        assert all(sessions), sessions  # each board measured candidates
+        first = run_cli(*sweep)
+        assert first.returncode == 0 and "running on local" in first.stdout, first.stderr + first.stdout
+        assert "done before, skipped" in run_cli(*sweep).stdout  # the same library, database and timing
+        more = tune(tmp_path, small_model, *board_flags, "--trials", "8")  # two more trials: a new database
+        assert more.returncode == 0 and "(stem, x1): best" in more.stdout, more.stderr + more.stdout
+    again = run_cli(*sweep)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "running on local" in again.stdout and "done before" not in again.stdout
+    rows = [json.loads(line) for line in (tmp_path / "results" / "results.jsonl").read_text().splitlines()]
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert rows[0]["tuning"]["fingerprint"] != rows[1]["tuning"]["fingerprint"]
+    assert (tmp_path / "db" / tuning.RECORD_FILE).read_text().count("\n") >= 8
 
 
 @pytest.mark.slow
