@@ -11,8 +11,11 @@ register block while it is hot. The target gives the vector width, the register 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+
+from compile import int8_dot
 
 SPATIAL, REDUCE = 0, 2  # tirx.IterVar kinds
 
@@ -80,9 +83,11 @@ def schedule_elementwise(sch, block, shape: CPUShape) -> None:
         return
     lanes = shape.lanes(sch.get(block).writes[0].source.dtype.bits)
     *outer, inner = loops
-    if extents[-1] > 4 * lanes and extents[-1] % lanes == 0:
-        chunk, inner = sch.split(inner, [None, lanes])
-        outer.append(chunk)
+    width = _vector_width(extents[-1], lanes)
+    if extents[-1] > width:
+        chunk, inner = sch.split(inner, [None, width])
+        if extents[-1] > 4 * lanes:
+            outer.append(chunk)
     if outer:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         if int(sch.get(fused).extent) >= 2:
@@ -152,9 +157,46 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
         sch.vectorize(register_block[-1])  # before decompose_reduction: TVM refuses it on the update alone
     if reduction:
         init = sch.decompose_reduction(block, reduction[0])
-        _vectorize_innermost(sch, init)
-    # Blocks that read the reduction's result go after it on each register block, in order; blocks
-    # that do not (the other input of a residual add, rescaled) go before it, for the same tile only.
+        _vectorize_innermost(sch, init, shape)
+    _place_epilogue(sch, block, epilogue, c_outer, shape)
+    return True
+
+
+def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
+    """The packed int8 1x1 conv (compile/int8_dot.py): a register block of up to 24 int32 vectors (a
+    few output pixels x a few vectors of output channels), the input channels streamed through it a
+    group at a time, each vector's products one vpdpbusd or vpmaddwd; pixel rows x channel blocks in
+    parallel."""
+    loops = sch.get_loops(block)
+    extents = _extents(sch, loops)
+    if extents is None or len(loops) != 5 or _iter_kinds(sch, block) != "SSSSR":
+        return False
+    batch, height, width, channel, reduction = loops
+    blocks, _, lanes, group = (int(d) for d in sch.get(block).reads[1].source.shape)
+    epilogue = _epilogue(sch, block)
+    accumulators = min(24, shape.registers - 6)  # the rest: weight vectors and the broadcast input
+    pixels, vectors = max(((p, v) for v in range(1, 5) if blocks % v == 0
+                           for p in range(1, 17) if extents[2] % p == 0 and p * v <= accumulators),
+                          key=lambda pv: (pv[0] * pv[1], pv[1]))
+    w_outer, w_inner = sch.split(width, [None, pixels])
+    c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
+    k_outer, k_inner = sch.split(reduction, [None, group])
+    sch.reorder(batch, height, w_outer, c_outer, k_outer, w_inner, c_vectors, c_lanes, k_inner)
+    tile = sch.fuse(batch, height, w_outer, c_outer)
+    sch.parallel(tile)
+    init = sch.decompose_reduction(block, k_outer)
+    _vectorize_innermost(sch, init, shape)
+    sch.unroll(w_inner)
+    sch.unroll(c_vectors)
+    _place_epilogue(sch, block, epilogue, tile, shape)
+    sch.tensorize(c_lanes, int8_dot.intrinsic(int8_dot.FORMS[lanes, group]))  # last: it replaces the block
+    return True
+
+
+def _place_epilogue(sch, block, epilogue: list, tile_loop, shape: CPUShape) -> None:
+    """Blocks that read the reduction's result go after it on each register block (under tile_loop),
+    in order; blocks that do not (the other input of a residual add, rescaled) go before it, for the
+    same tile only."""
     name = lambda b: sch.get(b).name_hint  # noqa: E731
     downstream = {name(block)}
     for stage in epilogue:
@@ -165,17 +207,16 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
         # A trailing pad (int8 pads with the zero point, so it is not folded into the next conv) has a
         # border that no tile computes: it stays a loop of its own, with the stages it reads.
         if name(stage) in downstream and _same_shape_output(sch, block, stage) and \
-                _try(lambda s=stage: sch.reverse_compute_at(s, c_outer)):
+                _try(lambda s=stage: sch.reverse_compute_at(s, tile_loop)):
             placed.add(name(stage))
-            _vectorize_innermost(sch, stage)
+            _vectorize_innermost(sch, stage, shape)
     for stage in reversed(epilogue):
-        if name(stage) not in downstream and _try(lambda s=stage: sch.compute_at(s, c_outer)):
+        if name(stage) not in downstream and _try(lambda s=stage: sch.compute_at(s, tile_loop)):
             placed.add(name(stage))
-            _vectorize_innermost(sch, stage)
+            _vectorize_innermost(sch, stage, shape)
     for stage in epilogue:
         if name(stage) not in placed:
             schedule_elementwise(sch, stage, shape)
-    return True
 
 
 def _same_shape_output(sch, block, epilogue) -> bool:
@@ -197,7 +238,10 @@ def _epilogue(sch, block) -> list:
     for candidate in after:
         consumers = sch.get_consumers(candidate)
         buffer = sch.get(candidate).writes[0].source
+        # Not into a trailing pad (its own loop over the whole tensor, see _place_epilogue): the block
+        # stays on the register block and the pad reads its narrow result, not the int32 sums.
         if len(consumers) == 1 and _loads_of(sch.get(consumers[0]), buffer) == 1 and \
+                _same_shape_output(sch, candidate, consumers[0]) and \
                 _try(lambda c=candidate: sch.compute_inline(c)):
             continue
         kept.append(candidate)
@@ -211,10 +255,23 @@ def _loads_of(consumer, buffer) -> int:
     return len(re.findall(rf"(?<![\w.]){re.escape(buffer.name)}\[", str(consumer.body)))
 
 
-def _vectorize_innermost(sch, block) -> None:
+def _vector_width(extent: int, lanes: int) -> int:
+    """Whole registers or a power-of-two part of one: 96 int8 lanes as one vector (1.5 AVX-512
+    registers) compile to a byte-by-byte insert/extract mix, 48 int32 ones to a lane-by-lane one."""
+    return next(w for w in (lanes >> k for k in range(lanes.bit_length())) if extent % w == 0)
+
+
+def _vectorize_innermost(sch, block, shape: CPUShape) -> None:
     loops = sch.get_loops(block)
-    if loops:
-        _try(lambda: sch.vectorize(loops[-1]))
+    if not loops:
+        return
+    inner = loops[-1]
+    extent = _extents(sch, [inner])
+    if extent:
+        width = _vector_width(extent[0], shape.lanes(sch.get(block).writes[0].source.dtype.bits))
+        if extent[0] > width:
+            inner = sch.split(inner, [None, width])[1]
+    _try(lambda: sch.vectorize(inner))
 
 
 # ----- the rules: one per kind of kernel --------------------------------------------------------
@@ -223,6 +280,8 @@ def _vectorize_innermost(sch, block) -> None:
 def _kernel_kind(sch, block) -> str:
     """pointwise, depthwise, conv, dense or pooling, from what the reduction block reads (NHWC data
     with HWIO weights: 1x1 pointwise, HWOI with O=1 depthwise; a 2-D weight is a dense layer)."""
+    if sch.get(block).name_hint.startswith(int8_dot.BLOCK):
+        return "pointwise_dot"
     reads = [r.source for r in sch.get(block).reads]
     if len(reads) == 1:
         return "pooling"
@@ -237,17 +296,23 @@ def _kernel_kind(sch, block) -> str:
     return "depthwise" if cout == 1 and cin > 1 else "conv"
 
 
-# One rule per kind of kernel: (rule name, kind from _kernel_kind, register block, why).
+def _tiled(max_pixel_block: int, vector_blocks: int):
+    return functools.partial(schedule_reduction, tiling=Tiling(max_pixel_block, vector_blocks))
+
+
+# One rule per kind of kernel: (rule name, kind from _kernel_kind, scheduler, why).
 KERNEL_RULES = (
-    ("Pointwise", "pointwise", Tiling(max_pixel_block=8, vector_blocks=2),
+    ("PointwiseDot", "pointwise_dot", schedule_packed_dot,
+     "int8 1x1 conv packed for x86 dot products (VNNI, AVX2): 4 or 2 input channels per int32 lane."),
+    ("Pointwise", "pointwise", _tiled(8, 2),
      "1x1 conv = GEMM: each weight row of 2 vectors of output channels is reused by up to 8 pixels."),
-    ("Depthwise", "depthwise", Tiling(max_pixel_block=4, vector_blocks=1),
+    ("Depthwise", "depthwise", _tiled(4, 1),
      "3x3 depthwise: 9 taps of one channel vector; few pixels per block, since every tap is a load."),
-    ("DirectConv", "conv", Tiling(max_pixel_block=8, vector_blocks=2),
+    ("DirectConv", "conv", _tiled(8, 2),
      "A full conv over few input channels (the 3x3 stem over RGB)."),
-    ("Dense", "dense", Tiling(max_pixel_block=1, vector_blocks=2),
+    ("Dense", "dense", _tiled(1, 2),
      "Fully connected, one row: output features in vectors, their blocks split over the cores."),
-    ("Pooling", "pooling", Tiling(max_pixel_block=1, vector_blocks=1),
+    ("Pooling", "pooling", _tiled(1, 1),
      "Global mean / sum over H x W: channels in vectors."),
 )
 
@@ -265,7 +330,7 @@ def make_rules() -> list:
         """One reduction block (conv, depthwise, dense, pooling) with its fused element-wise epilogue."""
 
         kind: str
-        tiling: Tiling
+        scheduler: object  # (sch, block, CPUShape) -> bool
 
         def apply(self, func, target, tunable):
             if not self.is_target_available(target):
@@ -275,7 +340,7 @@ def make_rules() -> list:
             if len(reductions) != 1 or _kernel_kind(sch, reductions[0]) != self.kind:
                 return None
             shape = CPUShape.of(target)
-            if not schedule_reduction(sch, reductions[0], shape, self.tiling):
+            if not self.scheduler(sch, reductions[0], shape):
                 return None
             for block in sch.get_child_blocks(sch.get_sblock("root")):
                 if "R" not in _iter_kinds(sch, block) and not _is_scheduled_loop(sch, block):
@@ -299,8 +364,8 @@ def make_rules() -> list:
                 schedule_elementwise(sch, block, shape)
             return sch
 
-    kernels = [type(name, (ReductionKernel,), {"kind": kind, "tiling": tiling, "__doc__": why})()
-               for name, kind, tiling, why in KERNEL_RULES]
+    kernels = [type(name, (ReductionKernel,), {"kind": kind, "scheduler": staticmethod(scheduler),
+                                                  "__doc__": why})() for name, kind, scheduler, why in KERNEL_RULES]
     return [*kernels, Elementwise()]
 
 

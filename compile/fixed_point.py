@@ -99,6 +99,39 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding: bool
     return op.where(negative, op.negative(rounded), rounded)
 
 
+def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: int, dtype: str):
+    """TE: int32 accumulators [..., C] -> dtype, as TFLite's reference conv and depthwise kernels
+    finish: + bias[c], MultiplyByQuantizedMultiplier(multiplier[c], shift[c]) with its two roundings,
+    + zero point, clamp to [low, high]. In 32-bit lanes except the one 32 x 32 -> 64-bit
+    product per element (both factors sign-extended from int32, so x86 uses vpmuldq and AArch64
+    smull): a third of the vector work of the same steps as separate int64 Relax ops.
+
+    SaturatingRoundingDoublingHighMul(x, m) = (x m + 2^30) >> 31, arithmetically: gemmlowp adds a
+    nudge of 2^30 or 1 - 2^30 by sign and divides truncating, and for a negative product those
+    agree with the floor of (x m + 2^30) / 2^31 (the case that saturates, both INT32_MIN, cannot
+    happen: multipliers are positive). RoundingDivideByPOT(h, e) = (h + 2^(e-1) - [h < 0]) >> e for
+    e > 0: halves away from zero."""
+    from tvm import te, tirx
+
+    def doubling_high(*index):
+        c = index[-1]
+        x = (acc(*index) + bias[c]) << tirx.max(shift[c], 0)
+        return ((x.astype("int64") * multiplier[c].astype("int64") + (1 << 30)) >> 31).astype("int32")
+
+    # Its own stage: the rounding reads it twice (value and sign), and TVM's analyses take no Let.
+    high_mul = te.compute(acc.shape, doubling_high, name="requantize_high")
+
+    def element(*index):
+        c, h = index[-1], high_mul(*index)
+        right = tirx.max(-shift[c], 0)
+        half = (tirx.const(1, "int32") << right) >> 1
+        below_zero = (h >> 31) & tirx.Select(right > 0, tirx.const(1, "int32"), tirx.const(0, "int32"))
+        scaled = ((h + half - below_zero) >> right) + zero_point
+        return tirx.max(tirx.min(scaled, high), low).astype(dtype)
+
+    return te.compute(acc.shape, element, name="requantize")
+
+
 def clamp_cast(x, low: int, high: int, dtype: str, x_dtype: str = "int64"):
     """Clamp an integer Relax tensor of x_dtype to [low, high] and cast it (the activation's clamp)."""
     from tvm import relax

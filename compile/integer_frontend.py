@@ -21,6 +21,7 @@ float path instead, with a warning naming what was not covered (compile/frontend
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,10 +94,15 @@ def _requantize_to_output(conv, acc, bias: np.ndarray, multipliers, shifts, out:
     """int32 accumulator + folded bias -> requantized, clamped int8 output (per output channel)."""
     from tvm import relax
 
+    low, high = activation_range(activation, float(out.scale[0]), int(out.zero_point[0]), out.dtype)
+    if not single_rounding:
+        return conv.bb.emit_te(functools.partial(fixed_point.requantize, zero_point=int(out.zero_point[0]),
+                                                 low=low, high=high, dtype=out.dtype),
+                               acc, const(bias, "int32"), const(multipliers, "int32"), const(shifts, "int32"),
+                               primfunc_name_hint="requantize")
     acc = relax.op.add(acc, const(bias, "int32"))
     scaled = multiply_by_quantized_multiplier(acc, multipliers, shifts, single_rounding)
     shifted = relax.op.add(scaled, const(int(out.zero_point[0]), "int64"))
-    low, high = activation_range(activation, float(out.scale[0]), int(out.zero_point[0]), out.dtype)
     return conv.emit(fixed_point.clamp_cast(shifted, low, high, out.dtype))
 
 

@@ -10,6 +10,8 @@ import hashlib
 import warnings
 from pathlib import Path
 
+from compile import int8_dot
+
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
@@ -62,6 +64,7 @@ def fusion_passes(target) -> list:
         dispatch = []
     return [
         *dispatch,
+        int8_dot.pack_pointwise(target),  # before legalization: int8 1x1 convs on VNNI (x86)
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -84,6 +87,8 @@ def classify(task) -> str:
     (HWOI with O=1 for depthwise): 3x3xCx1 is depthwise, 1x1 pointwise, 3x3 over 3 channels the stem.
     """
     func = next(iter(task.dispatched[0].functions.values()))
+    if int8_dot.is_packed(func):
+        return "pointwise"
     # A conv task has data, weight, (bias,) output; with two buffers the second is an output.
     if len(func.params) < 3 or len(func.params[1].shape) != 4:
         return "other"
@@ -125,6 +130,7 @@ class TuningDatabase:
     def open(self):
         from tvm.s_tir import meta_schedule as ms
 
+        int8_dot.register_intrinsics()  # records' traces name them: parsed as the database loads
         return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
 
     def fingerprint(self) -> str:

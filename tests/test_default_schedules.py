@@ -2,6 +2,8 @@
 follows the target (vector width, registers). Expected values come from compile/float64_reference.py
 and NumPy, not from TVM."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -199,3 +201,71 @@ def test_a_reduction_no_rule_takes_is_reported_unscheduled_and_stays_correct():
     got, applied = _run(mod, a, b)
     assert list(applied.values()) == ["none"], applied
     np.testing.assert_allclose(got, np.einsum("bij,bjk->bik", a.astype(np.float64), b), rtol=1e-5, atol=1e-5)
+
+
+ALDERLAKE = {"kind": "llvm", "mcpu": "alderlake", "num-cores": 2}  # AVX-VNNI without AVX-512
+
+
+def _cpu_flags() -> set[str]:
+    from pathlib import Path
+
+    lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")]
+    return set(lines[0].split(":", 1)[1].split()) if lines else set()
+
+
+SSE4 = {"kind": "llvm", "mcpu": "nehalem", "num-cores": 2}  # no AVX2: the plain integer conv
+
+
+@pytest.mark.parametrize("target_dict,flag,instruction", [
+    (ZNVER4, "avx512_vnni", "vpdpbusd"), (ALDERLAKE, "avx_vnni", "{vex} vpdpbusd"), (HASWELL, "avx2", "vpmaddwd"),
+    (SSE4, None, None)], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4"])
+def test_int8_pointwise_on_x86_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
+    """int8 1x1 convs packed for vpdpbusd or vpmaddwd (compile/int8_dot.py), with TFLite's
+    requantization, against NumPy and gemmlowp's definition. On AVX-512 VNNI 48 output channels take
+    16-lane dot products, 24 the 8-lane ones; an odd width (11) has no even pixel block. A target
+    without AVX2 keeps the plain conv. Compiled for every target; run where this CPU can."""
+    import subprocess
+
+    import tvm
+    from test_int8 import gemmlowp_multiply
+    from tvm import relax
+
+    from compile import fixed_point, int8_dot
+
+    forms = int8_dot.dot_forms(tvm.target.Target(target_dict))
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, (1, 9, 11, 40)).astype("int8")
+    for channels in (48, 24):
+        w = rng.integers(-127, 128, (1, 1, 40, channels)).astype("int8")
+        bias = rng.integers(-5000, 5000, channels).astype("int32")
+        multipliers = [int(m) for m in rng.integers(1 << 30, 1 << 31, channels)]
+        shifts = [int(s) for s in rng.integers(-12, 2, channels)]
+        bb = relax.BlockBuilder()
+        param = relax.Var("x", relax.TensorType(shape=x.shape, dtype="int8"))
+        with bb.function("main", [param]):
+            with bb.dataflow():
+                acc = bb.emit(relax.op.nn.conv2d(param, fixed_point.const(w, "int8"), data_layout="NHWC",
+                                                 kernel_layout="HWIO", out_dtype="int32"))
+                out = bb.emit_output(bb.call_te(fixed_point.requantize, acc, fixed_point.const(bias, "int32"),
+                                                fixed_point.const(multipliers, "int32"),
+                                                fixed_point.const(shifts, "int32"), zero_point=-3, low=-128,
+                                                high=127, dtype="int8"))
+            bb.emit_func_output(out)
+        executable, applied = _compile(bb.get(), target_dict)
+        executable.export_library(str(tmp_path / "kernel.so"))
+        listing = subprocess.run(["objdump", "-d", str(tmp_path / "kernel.so")], capture_output=True, text=True,
+                                 check=True).stdout
+        if instruction:
+            register = "zmm" if forms[0].lanes == 16 and channels % 16 == 0 else "ymm"
+            assert "PointwiseDot" in applied.values(), applied
+            assert re.search(rf"{re.escape(instruction)}\s[^\n]*%{register}", listing), \
+                f"no {instruction} on {register} registers"
+        else:
+            assert not forms and "PointwiseDot" not in applied.values()
+        if flag and flag not in _cpu_flags():
+            continue  # this CPU cannot run the code; compiled and checked above
+        got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        acc = x.reshape(-1, 40).astype(np.int64) @ w.reshape(40, channels).astype(np.int64) + bias
+        expected = np.stack([gemmlowp_multiply(acc[:, c], multipliers[c], shifts[c], False)
+                             for c in range(channels)], axis=1) - 3
+        np.testing.assert_array_equal(got.reshape(-1, channels), np.clip(expected, -128, 127))

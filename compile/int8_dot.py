@@ -1,0 +1,214 @@
+"""int8 1x1 convolutions on x86 dot-product instructions: VNNI's vpdpbusd, else AVX2's vpmaddwd.
+
+Without them an int8 product is widened to a 32-bit lane (vpmulld + vpaddd), which made our int8
+pointwise kernels slower than float32 ones. The packed form sums `group` consecutive input channels
+into each int32 lane in one instruction:
+
+- `vpdpbusd` (AVX-512 VNNI, AVX-VNNI): four u8 x s8 products per lane, 64 per AVX-512 instruction.
+  Its activations are unsigned; TFLite's are int8, so each is read as x + 128 (one XOR of the four
+  bytes loaded together) and 128 x sum(weights) per output channel is subtracted after the sum, the
+  way XNNPACK's x86 VNNI kernels do it;
+- `vpmaddwd` (AVX2): two int16 products per lane, the weights stored as int16 and the activations
+  sign-extended on load;
+- the weights packed as [N / lanes, K / group, lanes, group] once at compile time (they are
+  constants).
+
+`pack_pointwise` is the Relax pass that rewrites each int8 1x1 stride-1 conv into that form (a call
+to one PrimFunc whose reduction block is named `BLOCK`, then the correction); the default schedule
+rule (compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products
+with `intrinsic(form)`. Other CPUs keep the plain integer conv. Results are the same integers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = "pointwise_dot"  # the packed kernel's reduction block: how the schedule rule finds it
+
+
+@dataclass(frozen=True)
+class DotForm:
+    """One x86 dot-product instruction: `lanes` int32 sums of `group` products each."""
+
+    lanes: int
+    group: int  # consecutive input channels summed into one lane
+    weight_dtype: str
+    shift: int  # added to each activation: vpdpbusd multiplies unsigned bytes
+    instruction: str  # the LLVM intrinsic
+
+    @property
+    def name(self) -> str:
+        return f"mnv2_dot_{self.lanes}x{self.group}_{self.weight_dtype}_shift{self.shift}"
+
+
+VNNI_512 = DotForm(16, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.512")
+VNNI_256 = DotForm(8, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.256")  # also AVX-VNNI's encoding
+MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd")
+FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256)}
+
+
+def dot_forms(target) -> list[DotForm]:
+    """The forms this target has, best first: AVX-512 VNNI, AVX-VNNI, else AVX2's vpmaddwd."""
+    from tvm.target import codegen
+
+    if str(target.kind) != "llvm":
+        return []
+    features = set(codegen.llvm_get_cpu_features(target))
+    if {"avx512vnni", "avx512vl"} <= features:
+        return [VNNI_512, VNNI_256]
+    if "avxvnni" in features:
+        return [VNNI_256]
+    return [MADD_256] if "avx2" in features else []
+
+
+def intrinsic(form: DotForm) -> str:
+    """The tensor intrinsic C[i] += sum_k (A[k] + shift) * B[i, k], i < lanes, k < group, on one
+    instruction (registered on first use). LLVM 20's vpdpbusd takes byte vectors: the <16 x i32>
+    form that TVM's own `dot_16x4_vnni` passes no longer verifies."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(form.name)
+        return form.name
+    except ValueError:
+        pass
+    lanes, group, wtype, shift = form.lanes, form.group, form.weight_dtype, form.shift
+
+    @T.prim_func(s_tir=True)
+    def description(A: T.Buffer((group,), "int8", offset_factor=1), B: T.Buffer((lanes, group), wtype, offset_factor=1),
+                    C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + _shifted(T.Cast("int32", A[vk]), shift) * T.Cast("int32", B[vi, vk])
+
+    @T.prim_func(s_tir=True)
+    def implementation(A: T.Buffer((group,), "int8", offset_factor=1),
+                       B: T.Buffer((lanes, group), wtype, offset_factor=1),
+                       C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = _one_instruction(form, A, B, C)
+
+    TensorIntrin.register(form.name, description, implementation)
+    return form.name
+
+
+def _one_instruction(form: DotForm, A, B, C):
+    """The updated accumulators: one vpdpbusd or one vpmaddwd (plus the add it lacks)."""
+    from tvm import tirx
+
+    lanes = form.lanes
+    call = lambda *args: tirx.call_llvm_pure_intrin(  # noqa: E731
+        f"int32x{lanes}", form.instruction, *args)
+    accumulators = C.vload([0], dtype=f"int32x{lanes}")
+    if form.shift:  # vpdpbusd: the four bytes read as one int32, each + 128 by flipping its top bit
+        flipped = int(np.array(0x80808080, dtype=np.uint32).view(np.int32))
+        unsigned = tirx.bitwise_xor(tirx.reinterpret("int32", A.vload([0], "int8x4")), tirx.const(flipped, "int32"))
+        return call(accumulators, tirx.reinterpret(f"int8x{lanes * 4}", tirx.Broadcast(unsigned, lanes)),
+                    B.vload([0, 0], dtype=f"int8x{lanes * 4}"))
+    # vpmaddwd: two int16 products per lane, the activations sign-extended to int16
+    pair = tirx.reinterpret("int32", A.vload([0], "int8x2").astype("int16x2"))
+    return accumulators + call(tirx.reinterpret(f"int16x{lanes * 2}", tirx.Broadcast(pair, lanes)),
+                               B.vload([0, 0], dtype=f"int16x{lanes * 2}"))
+
+
+def register_intrinsics() -> None:
+    for form in FORMS.values():
+        intrinsic(form)
+
+
+def _shifted(x, shift: int):
+    return x + shift if shift else x
+
+
+def packed_weights(weight: np.ndarray, form: DotForm) -> np.ndarray:
+    """HWIO [1, 1, K, N] -> [N / lanes, K / group, lanes, group]."""
+    _, _, k, n = weight.shape
+    packed = weight.reshape(k // form.group, form.group, n // form.lanes, form.lanes).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(packed).astype(form.weight_dtype)
+
+
+def _packed_pointwise(data, packed, shift: int):
+    from tvm import te
+
+    batch, height, width, k = data.shape
+    blocks, _, lanes, group = packed.shape
+    r = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (batch, height, width, blocks * lanes),
+        lambda b, h, w, n: te.sum(_shifted(data[b, h, w, r].astype("int32"), shift)
+                                  * packed[n // lanes, r // group, n % lanes, r % group].astype("int32"), axis=r),
+        name=BLOCK)
+
+
+def _form_for(call, forms: list[DotForm]) -> DotForm | None:
+    """The form for this conv2d call; None when it is not an int8 1x1 stride-1 conv on constant
+    weights whose channel counts the forms divide."""
+    from tvm.ir.expr import GenericConst  # a Relax constant
+
+    attrs = call.attrs
+    data, weight = call.args
+    if not isinstance(weight, GenericConst) or weight.value.dtype != "int8":
+        return None
+    if (data.ty.dtype != "int8" or str(attrs.out_dtype) != "int32" or attrs.groups != 1
+            or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
+            or any(int(s) != 1 for s in (*attrs.strides, *attrs.dilation)) or any(int(p) for p in attrs.padding)):
+        return None
+    kh, kw, k, n = weight.value.shape
+    if (kh, kw) != (1, 1):
+        return None
+    return next((f for f in forms if n % f.lanes == 0 and k % f.group == 0), None)
+
+
+def pack_pointwise(target):
+    """The Relax pass (before legalization): int8 1x1 convs -> packed dot-product form on x86
+    targets with AVX2 or VNNI; on others it changes nothing."""
+    import tvm
+    from tvm import relax
+
+    forms = dot_forms(target)
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @relax.expr_functor.mutator
+    class Packer(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            form = _form_for(call, forms) if call.op == conv2d else None
+            if form is None:
+                return call
+            weight = call.args[1].value.numpy()
+            acc = self.builder_.call_te(_packed_pointwise, call.args[0],
+                                        relax.const(packed_weights(weight, form), form.weight_dtype),
+                                        shift=form.shift, primfunc_name_hint=BLOCK)
+            if not form.shift:
+                return acc
+            correction = (form.shift * weight.astype(np.int64).sum(axis=(0, 1, 2))).astype(np.int32)
+            return relax.op.subtract(acc, relax.const(correction, "int32"))
+
+    @tvm.transform.module_pass(opt_level=0, name="mnv2.PackInt8Pointwise")
+    def pack(mod, _ctx):
+        if not forms:
+            return mod
+        packer = Packer(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                packer.builder_.update_func(gvar, packer.visit_expr(func))
+        return packer.builder_.get()
+
+    return pack
+
+
+def is_packed(func) -> bool:
+    """Whether a (fused) PrimFunc holds the packed kernel."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    return any(sch.get(b).name_hint.startswith(BLOCK) for b in sch.get_child_blocks(sch.get_sblock("root")))
