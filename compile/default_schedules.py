@@ -174,10 +174,15 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     batch, height, width, channel, reduction = loops
     blocks, _, lanes, group = (int(d) for d in sch.get(block).reads[1].source.shape)
     epilogue = _epilogue(sch, block)
-    accumulators = min(24, shape.registers - 6)  # the rest: weight vectors and the broadcast input
-    pixels, vectors = max(((p, v) for v in range(1, 5) if blocks % v == 0
-                           for p in range(1, 17) if extents[2] % p == 0 and p * v <= accumulators),
-                          key=lambda pv: (pv[0] * pv[1], pv[1]))
+    # Per input-channel group a (pixels x vectors) block costs: one broadcast per pixel (load, XOR
+    # or sign-extend, broadcast), one weight load per vector, and per accumulator one instruction
+    # (vpdpbusd) or two (vpmaddwd + vpaddd). The block with the most products per instruction that
+    # fits the registers (accumulators + weight vectors + the broadcast) wins.
+    broadcast, per_accumulator = (2, 1) if int8_dot.FORMS[lanes, group].shift else (4, 2)
+    blocks_fitting = [(p, v) for v in range(1, 9) if blocks % v == 0 for p in range(1, 17)
+                      if extents[2] % p == 0 and p * v + v + 2 <= shape.registers and p * v <= 24]
+    pixels, vectors = max(blocks_fitting, key=lambda pv: (
+        pv[0] * pv[1] / (pv[0] * broadcast + pv[1] + pv[0] * pv[1] * per_accumulator), pv[1]))
     w_outer, w_inner = sch.split(width, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
     k_outer, k_inner = sch.split(reduction, [None, group])
