@@ -61,7 +61,8 @@ def builder_fingerprint() -> str:
 def compile_relax(mod, profile: Profile, tuning=None):
     """Compile a Relax module for a profile: (executable, schedules). On a CPU every kernel gets its
     tuned record from the database or else its default schedule by rule; schedules maps each kernel
-    to "tuned", the rule's name, or "none" (left as TVM lowers it)."""
+    to "tuned", "transferred" (a record replayed from a similar task, compile/transfer.py), the
+    rule's name, or "none" (left as TVM lowers it)."""
     import contextlib
 
     import tvm
@@ -78,6 +79,9 @@ def compile_relax(mod, profile: Profile, tuning=None):
     with target, (database if database is not None else contextlib.nullcontext()), \
             tvm.transform.PassContext(opt_level=3):
         executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, database, applied))
+    for name in (tuning.summary().get("transferred", {}) if tuning is not None else {}):
+        if applied.get(name) == "tuned":
+            applied[name] = "transferred"
     return executable, applied
 
 
@@ -108,15 +112,18 @@ def tuning_line(tuning, profile: Profile, schedules: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for how in schedules.values():
         counts[how] = counts.get(how, 0) + 1
-    rules = ", ".join(f"{rule} {n}" for rule, n in sorted(counts.items()) if rule not in ("tuned", "none"))
-    defaulted = sum(n for rule, n in counts.items() if rule not in ("tuned", "none"))
+    from_database = ("tuned", "transferred", "none")
+    rules = ", ".join(f"{rule} {n}" for rule, n in sorted(counts.items()) if rule not in from_database)
+    defaulted = sum(n for rule, n in counts.items() if rule not in from_database)
+    transferred = counts.get("transferred", 0)
     head = (f"none for {profile.name}" if tuning is None else
-            f"{counts.get('tuned', 0)}/{len(schedules)} kernels from the database {tuning.path}")
+            f"{counts.get('tuned', 0) + transferred}/{len(schedules)} kernels from the database {tuning.path}"
+            + (f" ({transferred} transferred from similar tasks, see the manifest)" if transferred else ""))
     line = f"{head}; {defaulted}/{len(schedules)} kernels got default schedules by rule ({rules or '-'})"
     if counts.get("none"):
         naive = sorted(name for name, how in schedules.items() if how == "none")
         line += f"; {len(naive)} left unscheduled (slow): {', '.join(naive[:5])}"
-    if tuning is None or counts.get("tuned", 0) < len(schedules):
+    if tuning is None or counts.get("tuned", 0) + transferred < len(schedules):
         line += f". Tuning can make them faster: `python compile/tune.py --target {profile.name}`"
     return line
 

@@ -3,6 +3,7 @@ for host, one per CPU class: tuning_logs/host/<class>/).
 
     python compile/tune.py --target host --width 1.0 --res 224 --trials 32
     python compile/tune.py --target host --all-variants --trials 16 --minutes 120
+    python compile/tune.py --target host --all-variants --trials 0     # transfers only, no search
     python compile/tune.py --target rasp4b --rpc-tracker 127.0.0.1:9190 --rpc-key rasp4b --kinds depthwise,pointwise
 
 Resumable: tasks that already hold --trials records are skipped. Ctrl-C leaves a valid database.
@@ -26,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_flags(p, default_target="host")
     p.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
                    help="quantized models: integer kernels (default) or float (TVM's dequantize path)")
-    p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32)")
+    p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32); 0: "
+                   "only the default schedules and the records transferred from similar tasks")
     p.add_argument("--minutes", type=float, help="start no new task after this many minutes")
     p.add_argument("--kinds", default="all", help="depthwise,pointwise,stem,other or all (default all)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")

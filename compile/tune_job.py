@@ -1,9 +1,11 @@
 """Tune a model's tasks (or the 22 variants' distinct tasks) with MetaSchedule into the target's
 database (tuning.database_path), locally or on a board over RPC.
 
-First every task's default schedule is measured into the database; then task by task, tasks
-without a record first (most work first), then the rest by their measured share of the models' time; a task that already holds enough records is skipped, so an
-interrupted run resumes where it stopped; the database is append-only JSON lines and is repaired
+First every task's default schedule is measured into the database, then for every task not
+searched yet the records of structurally equal tasks at other sizes, replayed at its sizes
+(compile/transfer.py); then the search, task by task, tasks without a record first (most work
+first), then the rest by their measured share of the models' time; a task that already holds
+enough records is skipped, so an interrupted run resumes where it stopped; the database is append-only JSON lines and is repaired
 (cut lines dropped) after an interrupt.
 """
 
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile import default_schedules, frontend, pipeline, tuning
+from compile import default_schedules, frontend, pipeline, transfer, tuning
 from compile.errors import UserError
 from compile.paths import CACHE_ROOT
 from compile.threads import profile_threads
@@ -102,8 +104,8 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     unknown = set(request.kinds) - set(KINDS)
     if unknown:
         raise UserError(f"Unknown task kinds {', '.join(sorted(unknown))}: choose from {', '.join(KINDS)} or all.")
-    if request.trials < 1:
-        raise UserError("--trials must be at least 1.")
+    if request.trials < 0:
+        raise UserError("--trials must be 0 (default schedules and transfers only) or more.")
     sources = pipeline.sources(request.build)
     target = profile.tvm_target()
     db_path = Path(request.build.tuning_log or tuning.database_path(profile))
@@ -126,11 +128,20 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     try:
         # First the baseline the search must beat, for every task (about a second each), so that a
         # --minutes stop still leaves no task whose records are slower than its default schedule.
+        sources = transfer.Sources(database, target, tuning.module_flops)  # before this run's default seeds
         for step, (task, _) in zip(steps, tasks):
             seeded = seed_default_schedule(task, target, builder, runner, database)
             if seeded is not None:
                 progress(f"{step}: default schedule ({seeded[0]}) measured: "
                          + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
+        # Then what other workloads' records give when replayed at this task's sizes, for every task
+        # not searched yet: a --minutes stop leaves those it does not reach with the best of these.
+        for step, (task, _) in zip(steps, tasks):
+            if not tuning.searched_trials(db_path, task):
+                transfer_records(sources, task, target, builder, runner, database, db_path, step, progress)
+        if request.trials == 0:
+            progress("[tune] --trials 0: default schedules and transfers measured, no search")
+            tasks = []
         # Trials left in this run, for the ETA: what each task still needs, at the pace measured so far.
         trials_left = sum(max(request.trials - tuning.trials_done(db_path, database, task, request.trials), 0)
                           for task, _ in tasks)
@@ -178,28 +189,49 @@ def seed_default_schedule(task, target, builder, runner, database) -> tuple[str,
     it as a record, once: the search then only replaces it with something faster, so a build from
     the database is never slower than one without it on the machine that measured. Returns (rule,
     ms or None when it failed to build or run), or None when already in the database or no rule fits."""
-    from tvm.s_tir import meta_schedule as ms
-
-    workload_mod = task.dispatched[0]
-    chosen = default_schedules.schedule_for(workload_mod["main"], target)
+    chosen = default_schedules.schedule_for(task.dispatched[0]["main"], target)
     if chosen is None:
         return None
     rule, sch = chosen
     trace = str(sch.trace)
     if any(str(record.trace) == trace for record in tuning.records_for(database, task, 10**6)):
         return None
+    return rule, measure_into_database(sch, task, target, builder, runner, database)
+
+
+def transfer_records(sources, task, target, builder, runner, database, db_path: Path, step: str,
+                     progress=print) -> None:
+    """Measure the task's transferred candidates (compile/transfer.py) into the database, once."""
+    key = tuning.workload_key(task)
+    if transfer.attempted(db_path, key):
+        return
+    kept = {}
+    for source, sch in sources.candidates(task):
+        measured = measure_into_database(sch, task, target, builder, runner, database)
+        progress(f"{step}: transferred from {source}: " + (f"{measured:.3f} ms" if measured is not None else "failed"))
+        if measured is not None:
+            kept[transfer.trace_digest(sch.trace)] = source
+    transfer.log(db_path, key, kept)
+
+
+def measure_into_database(sch, task, target, builder, runner, database) -> float | None:
+    """Build and run one scheduled candidate like MetaSchedule's search does and keep it as a record
+    of the task; its mean ms, or None when it failed to build or run."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workload_mod = task.dispatched[0]
     (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
     if built.error_msg:
-        return rule, None
+        return None
     args_info = ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])
     (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])  # CPU targets only
     result = future.result()
     if result.error_msg or not result.run_secs:
-        return rule, None
+        return None
     run_secs = [float(t) for t in result.run_secs]
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, database.commit_workload(workload_mod), run_secs, target, args_info))
-    return rule, sum(run_secs) / len(run_secs) * 1e3
+    return sum(run_secs) / len(run_secs) * 1e3
 
 
 def distinct_tasks(sources, lowering: str, target, kinds, progress=print) -> tuple[list[tuple], dict[str, int]]:

@@ -104,9 +104,13 @@ def classify(task) -> str:
 
 def task_flops(task) -> float:
     """Floating-point work of one call of the task (for ordering: weight x flops is its share of the model)."""
+    return module_flops(task.dispatched[0])
+
+
+def module_flops(mod) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    return float(estimate_tir_flops(task.dispatched[0]))
+    return float(estimate_tir_flops(mod))
 
 
 def extract_tasks(mod, target) -> list:
@@ -140,29 +144,35 @@ class TuningDatabase:
             digest.update(file.read_bytes() if file.exists() else b"")
         return digest.hexdigest()
 
-    def coverage(self, mod, target, database=None) -> tuple[list[str], list[str]]:
-        """(tuned task names, untuned task names) of this module in this database."""
+    def coverage(self, mod, target, database=None) -> tuple[list[str], list[str], dict[str, str]]:
+        """(tuned task names, untuned task names, {task name: source workload} of the tuned ones
+        whose best record was transferred from a similar task) of this module in this database."""
+        from compile import transfer
+
         database = database or self.open()
-        tuned, untuned = [], []
+        tuned, untuned, transferred = [], [], {}
         for task in extract_tasks(mod, target):
             workload_mod = task.dispatched[0]
-            hit = database.has_workload(workload_mod) and database.query_tuning_record(
-                workload_mod, target, task.task_name
-            ) is not None
-            (tuned if hit else untuned).append(f"{task.task_name} ({classify(task)})")
-        return tuned, untuned
+            best = database.query_tuning_record(workload_mod, target, task.task_name) \
+                if database.has_workload(workload_mod) else None
+            (tuned if best is not None else untuned).append(f"{task.task_name} ({classify(task)})")
+            source = transfer.source_of(self.path, workload_key(task), best.trace) if best is not None else None
+            if source:
+                transferred[task.task_name] = source
+        return tuned, untuned, transferred
 
     def prepare(self, mod, target):
         """Open the database for a build of mod, note its coverage for the manifest, and say which
         tasks it leaves to default schedules; return the database to apply."""
         database = self.open()
-        tuned, untuned = self.coverage(mod, target, database)
+        tuned, untuned, transferred = self.coverage(mod, target, database)
         self._last_summary = {
             "database": str(self.path),
             "fingerprint": self.fingerprint(),
             "tasks": len(tuned) + len(untuned),
             "tuned_tasks": len(tuned),
             "untuned": untuned,
+            "transferred": transferred,
         }
         if untuned:
             shown = ", ".join(untuned[:8]) + (f" and {len(untuned) - 8} more (see the manifest)" if len(untuned) > 8 else "")
@@ -229,11 +239,15 @@ def workload_key(task) -> str:
 
 def trials_done(path: Path, database, task, limit: int) -> int:
     """Trials measured for the task: its records, or the count kept when they were compacted."""
+    return max(len(records_for(database, task, limit)), searched_trials(path, task))
+
+
+def searched_trials(path: Path, task) -> int:
+    """Trials the search has measured for the task (kept in trials.json through compaction)."""
     import json
 
     file = Path(path) / TRIALS_FILE
-    counted = json.loads(file.read_text()).get(workload_key(task), 0) if file.exists() else 0
-    return max(len(records_for(database, task, limit)), counted)
+    return json.loads(file.read_text()).get(workload_key(task), 0) if file.exists() else 0
 
 
 def record_trials(path: Path, task, trials: int) -> None:

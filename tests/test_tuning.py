@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from rpc_helpers import tracker_with_servers
 
-from compile import default_schedules, pipeline, tune_job, tuning
+from compile import default_schedules, pipeline, transfer, tune_job, tuning
 from compile.frontend import load_relax
 from compile.manifest import Manifest
 from compile.generate import write_variant
@@ -204,3 +204,43 @@ def test_several_variants_are_tuned_as_distinct_tasks(tmp_path, small_model):
     assert sum(weights.values()) == sum(t.weight for tasks in per_model for t, _ in tasks)
     for a, b in shared:
         assert weights[tuning.workload_key(a)] == a.weight + b.weight
+
+
+def test_tile_splits_adapt_to_the_new_extent():
+    from compile.transfer import adapted_tile
+
+    assert adapted_tile([7, 2, 1, 16], 96) == [3, 2, 1, 16]  # the vector and register factors kept
+    assert adapted_tile([4, 8], 20) == [5, 4]  # what of 8 divides 20
+    assert adapted_tile([1, 3], 7) == [7, 1]
+    assert all(__import__("math").prod(adapted_tile([2, 4, 8], e)) == e for e in range(1, 200))
+
+
+@pytest.mark.slow
+def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, small_model):
+    """The stem tuned at 96x96 serves the stem at 128x128: its trace replayed with adapted tiles,
+    measured into the database, logged with its source; the build says where it came from."""
+    searched = tune(tmp_path, small_model, "--target", "host", "--trials", "3")
+    assert searched.returncode == 0, searched.stderr + searched.stdout
+    other = tmp_path / "mnv2_0.35_128_float32.tflite"
+    write_variant(Variant(0.35, 128), "float32", other)
+    moved = tune(tmp_path, other, "--target", "host", "--trials", "0")
+    assert moved.returncode == 0, moved.stderr + moved.stdout
+    assert re.search(r"\(stem, x1\): transferred from \[1,96,96,3\] x \[3,3,3,16\][^:]*: [0-9.]+ ms", moved.stdout), \
+        moved.stdout
+    assert "no search" in moved.stdout and "best" not in moved.stdout
+    log = json.loads((tmp_path / "db" / "transfers.json").read_text())
+    mod, _ = load_relax(other)
+    stem = next(task for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target())
+                if kind == "stem")
+    assert list(log[tuning.workload_key(stem)].values()) == ["[1,96,96,3] x [3,3,3,16] x [16] x [1,48,48,16]"]
+    built = run_cli("compile/build.py", "--target", "host", "--model", other, "--tuning-log", tmp_path / "db",
+                    "--out", tmp_path / "dist", "--verify")
+    assert built.returncode == 0 and ": OK: " in built.stdout, built.stderr + built.stdout
+    manifest = Manifest.read(tmp_path / "dist" / "host" / other.stem)
+    best = tuning.records_for(tuning.TuningDatabase(tmp_path / "db").open(), stem, 1)[0]
+    from_transfer = transfer.source_of(tmp_path / "db", tuning.workload_key(stem), best.trace)
+    # The database applies whichever measured fastest: the transferred record or the default schedule.
+    assert manifest.schedules[stem.task_name] == ("transferred" if from_transfer else "tuned")
+    assert manifest.tuning["transferred"] == ({stem.task_name: from_transfer} if from_transfer else {})
+    if from_transfer:
+        assert "1 transferred from similar tasks" in built.stdout
