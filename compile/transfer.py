@@ -60,21 +60,25 @@ def trace_digest(trace) -> str:
 
 
 class Sources:
-    """The database's best record per workload, grouped by structure (built once per tuning run)."""
+    """The best searched record per workload of the task's own database and of any others given (the
+    host's or another board's: there the task's own workload is a source too, the best one), grouped
+    by structure; built once per tuning run."""
 
-    def __init__(self, database, target, flops):
+    def __init__(self, database, target, flops, others: list[tuple[str, object]] = ()):
         self.target, self.flops = target, flops  # flops: a workload module -> its work
         self.by_structure: dict[tuple, dict[str, object]] = {}
-        for record in database.get_all_tuning_records():
-            # Searched records only: a default schedule's trace has fixed splits made for its own
-            # extents (the task gets its own default schedule anyway).
-            if not record.run_secs or not any(i.kind.name == "SamplePerfectTile" for i in record.trace.insts):
-                continue
-            func = record.workload.mod["main"]
-            sources = self.by_structure.setdefault(structure_key(func), {})
-            kept = sources.get(describe(func))
-            if kept is None or _mean(record.run_secs) < _mean(kept.run_secs):
-                sources[describe(func)] = record
+        for label, db in [("", database), *others]:
+            for record in db.get_all_tuning_records():
+                # Searched records only: a default schedule's trace has fixed splits made for its
+                # own extents (the task gets its own default schedule anyway).
+                if not record.run_secs or not any(i.kind.name == "SamplePerfectTile" for i in record.trace.insts):
+                    continue
+                func = record.workload.mod["main"]
+                sources = self.by_structure.setdefault(structure_key(func), {})
+                name = f"{label}: {describe(func)}" if label else describe(func)
+                kept = sources.get(name)
+                if kept is None or _mean(record.run_secs) < _mean(kept.run_secs):
+                    sources[name] = record
 
     def candidates(self, task) -> list[tuple[str, object]]:
         """(source description, Schedule) for the task: the best records of the structurally equal
@@ -86,7 +90,7 @@ class Sources:
         work = max(self.flops(target_mod), 1.0)
         sources = self.by_structure.get(structure_key(target_mod["main"]), {})
         closest = sorted(((name, record) for name, record in sources.items()
-                          if name != describe(target_mod["main"])),  # not the task itself
+                          if name != describe(target_mod["main"])),  # not the task itself, from its own database
                          key=lambda item: abs(math.log(max(self.flops(item[1].workload.mod), 1.0) / work)))
         found = []
         for name, record in closest[:SOURCES_PER_TASK]:
@@ -123,7 +127,7 @@ def _mean(run_secs) -> float:
 
 
 def log(path: Path, workload_key: str, transferred: dict[str, str]) -> None:
-    """Note a task's transfer attempt: trace digest -> source of each candidate kept (may be none)."""
+    """Note the records transferred to a task: trace digest -> source."""
     file = Path(path) / TRANSFERS_FILE
     entries = json.loads(file.read_text()) if file.exists() else {}
     entries.setdefault(workload_key, {}).update(transferred)
@@ -136,8 +140,3 @@ def source_of(path: Path, workload_key: str, trace) -> str | None:
     if not file.exists():
         return None
     return json.loads(file.read_text()).get(workload_key, {}).get(trace_digest(trace))
-
-
-def attempted(path: Path, workload_key: str) -> bool:
-    file = Path(path) / TRANSFERS_FILE
-    return file.exists() and workload_key in json.loads(file.read_text())

@@ -5,6 +5,7 @@ for host, one per CPU class: tuning_logs/host/<class>/).
     python compile/tune.py --target host --all-variants --trials 16 --minutes 120
     python compile/tune.py --target host --all-variants --trials 0     # transfers only, no search
     python compile/tune.py --target rasp4b --rpc-tracker 127.0.0.1:9190 --rpc-key rasp4b --kinds depthwise,pointwise
+    python compile/tune.py --target rasp5 --rpc-tracker 127.0.0.1:9190 --start-from tuning_logs/rasp4b
 
 Resumable: tasks that already hold --trials records are skipped. Ctrl-C leaves a valid database.
 """
@@ -34,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")
     p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
     p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
+    p.add_argument("--start-from", type=Path, action="append", default=[], metavar="DIR",
+                   help="another tuning database (the host's, another board's; repeatable): its records "
+                   "for these tasks and similar ones are measured here first, and the search starts from them")
     p.add_argument("--compact", type=int, metavar="N", help="no tuning: keep the N best records per workload "
                    "(the trials done are remembered) so builds load the database fast; then exit")
     return p.parse_args(argv)
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
         trials=args.trials, minutes=args.minutes,
         kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
         rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,
-        rpc_key=args.rpc_key, session_timeout=args.session_timeout,
+        rpc_key=args.rpc_key, session_timeout=args.session_timeout, start_from=tuple(args.start_from),
     )
     report = tune(request)
     by_kind: dict[str, float] = {}

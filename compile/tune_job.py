@@ -37,6 +37,7 @@ class TuneRequest:
     rpc_tracker: tuple[str, int] | None = None
     rpc_key: str | None = None
     session_timeout: int = 120  # slow boards need more than MetaSchedule's default 10 s
+    start_from: tuple[Path, ...] = ()  # other databases whose records are measured here first
 
 
 @dataclass
@@ -106,6 +107,10 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         raise UserError(f"Unknown task kinds {', '.join(sorted(unknown))}: choose from {', '.join(KINDS)} or all.")
     if request.trials < 0:
         raise UserError("--trials must be 0 (default schedules and transfers only) or more.")
+    for path in request.start_from:
+        if not tuning.has_database(path):
+            raise UserError(f"--start-from {path} holds no MetaSchedule database ({tuning.WORKLOAD_FILE}): give "
+                            f"a folder that tune.py wrote, e.g. tuning_logs/host/x86_64-avx512.")
     sources = pipeline.sources(request.build)
     target = profile.tvm_target()
     db_path = Path(request.build.tuning_log or tuning.database_path(profile))
@@ -128,7 +133,8 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     try:
         # First the baseline the search must beat, for every task (about a second each), so that a
         # --minutes stop still leaves no task whose records are slower than its default schedule.
-        sources = transfer.Sources(database, target, tuning.module_flops)  # before this run's default seeds
+        others = [(str(path), tuning.TuningDatabase(path).open()) for path in request.start_from]
+        sources = transfer.Sources(database, target, tuning.module_flops, others)  # before this run's seeds
         for step, (task, _) in zip(steps, tasks):
             seeded = seed_default_schedule(task, target, builder, runner, database)
             if seeded is not None:
@@ -201,17 +207,18 @@ def seed_default_schedule(task, target, builder, runner, database) -> tuple[str,
 
 def transfer_records(sources, task, target, builder, runner, database, db_path: Path, step: str,
                      progress=print) -> None:
-    """Measure the task's transferred candidates (compile/transfer.py) into the database, once."""
-    key = tuning.workload_key(task)
-    if transfer.attempted(db_path, key):
-        return
+    """Measure the task's transferred candidates (compile/transfer.py) into the database, once each."""
+    known = {str(record.trace) for record in tuning.records_for(database, task, 10**6)}
     kept = {}
     for source, sch in sources.candidates(task):
+        if str(sch.trace) in known:
+            continue
         measured = measure_into_database(sch, task, target, builder, runner, database)
         progress(f"{step}: transferred from {source}: " + (f"{measured:.3f} ms" if measured is not None else "failed"))
         if measured is not None:
             kept[transfer.trace_digest(sch.trace)] = source
-    transfer.log(db_path, key, kept)
+    if kept:
+        transfer.log(db_path, tuning.workload_key(task), kept)
 
 
 def measure_into_database(sch, task, target, builder, runner, database) -> float | None:

@@ -5,7 +5,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import run_cli
+from conftest import assert_clean_error, run_cli
 from rpc_helpers import tracker_with_servers
 
 from compile import default_schedules, pipeline, transfer, tune_job, tuning
@@ -147,17 +147,28 @@ def test_tuning_on_two_boards_and_a_sweep_measures_again_after_the_database_chan
 
 
 @pytest.mark.slow
-def test_one_task_on_the_emulated_board(tmp_path, small_model):
-    """Functional only: the candidates are cross-linked for aarch64 and run under qemu."""
+def test_a_board_starts_from_the_hosts_records(tmp_path, small_model):
+    """Tuning on the emulated aarch64 board (candidates cross-linked, run under qemu) with
+    --start-from the host's database: the host's record for the same task is replayed and measured
+    on the board first, and the search starts from it."""
+    host_db = tmp_path / "host_db"
+    on_host = run_cli("compile/tune.py", "--model", small_model, "--tuning-log", host_db, "--trials", "3",
+                      "--kinds", "stem", "--target", "host", timeout=900)
+    assert on_host.returncode == 0, on_host.stderr + on_host.stdout
     services = emulated_board.start()
     try:
         port = services.find("tracker").port
         result = tune(tmp_path, small_model, "--target", "arm_cpu", "--rpc-tracker", f"127.0.0.1:{port}",
-                      "--rpc-key", emulated_board.KEY, "--session-timeout", "300")
+                      "--rpc-key", emulated_board.KEY, "--session-timeout", "300", "--trials", "4",
+                      "--start-from", host_db)
     finally:
         emulated_board.stop()
     assert result.returncode == 0, result.stderr + result.stdout
+    assert re.search(rf"\(stem, x1\): transferred from {re.escape(str(host_db))}: \[1,96,96,3\][^:]*: [0-9.]+ ms",
+                     result.stdout), result.stdout
     assert "(stem, x1): best" in result.stdout
+    missing = tune(tmp_path, small_model, "--target", "host", "--start-from", tmp_path / "nothing")
+    assert_clean_error(missing, "holds no MetaSchedule database")
 
 
 def test_int8_tasks_keep_their_conv_kinds(tmp_path):
