@@ -67,10 +67,14 @@ def tracker_keys(host: str, port: int, timeout: float = 5.0) -> dict[str, int]:
     return keys
 
 
-def wait_for_key(host: str, port: int, key: str, timeout: float, at_least: int = 1) -> None:
-    """Bounded wait for `at_least` servers of `key` to be registered with the tracker."""
+def wait_for_key(host: str, port: int, key: str, timeout: float, at_least: int = 1,
+                 process: subprocess.Popen | None = None) -> None:
+    """Bounded wait for `at_least` servers of `key` to be registered with the tracker (and for
+    `process`, the server being started, to stay alive meanwhile)."""
     deadline = time.monotonic() + timeout
     while True:
+        if process is not None and process.poll() is not None:
+            raise UserError(f"An RPC server meant to register under {key!r} exited with code {process.returncode}.")
         keys = tracker_keys(host, port)
         if keys.get(key, 0) >= at_least:
             return

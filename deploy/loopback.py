@@ -146,9 +146,11 @@ def start_server(key: str, log_dir: Path, tracker_port: int | None = None, pytho
     registered = tracker_keys(LOOPBACK, tracker_port).get(key, 0) if tracker_port is not None else 0
     proc = _spawn(command, log, env)
     try:
-        wait_for_port(port, ready_timeout, proc)
-        if tracker_port is not None:  # this one registered too, not only an earlier server of the key
-            wait_for_key(LOOPBACK, tracker_port, key, ready_timeout, at_least=registered + 1)
+        if tracker_port is None:
+            wait_for_port(port, ready_timeout, proc)
+        else:  # registered (this one too, not only an earlier server of the key) means listening; a
+            # probe of its port instead makes TVM's server drop its registration and retry seconds later
+            wait_for_key(LOOPBACK, tracker_port, key, ready_timeout, at_least=registered + 1, process=proc)
     except UserError:
         stop_pid(proc.pid)
         raise
