@@ -176,9 +176,10 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     epilogue = _epilogue(sch, block)
     # Per input-channel group a (pixels x vectors) block costs: one broadcast per pixel (load, XOR
     # or sign-extend, broadcast), one weight load per vector, and per accumulator one instruction
-    # (vpdpbusd) or two (vpmaddwd + vpaddd). The block with the most products per instruction that
+    # (vpdpbusd, sdot) or two (vpmaddwd + vpaddd). The block with the most products per instruction that
     # fits the registers (accumulators + weight vectors + the broadcast) wins.
-    broadcast, per_accumulator = (2, 1) if int8_dot.FORMS[lanes, group].shift else (4, 2)
+    form = int8_dot.FORMS[lanes, group]
+    broadcast, per_accumulator = form.broadcast_cost, form.instructions_per_vector
     blocks_fitting = [(p, v) for v in range(1, 9) if blocks % v == 0 for p in range(1, 17)
                       if extents[2] % p == 0 and p * v + v + 2 <= shape.registers and p * v <= 24]
     pixels, vectors = max(blocks_fitting, key=lambda pv: (
@@ -194,7 +195,7 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     sch.unroll(w_inner)
     sch.unroll(c_vectors)
     _place_epilogue(sch, block, epilogue, tile, shape)
-    sch.tensorize(c_lanes, int8_dot.intrinsic(int8_dot.FORMS[lanes, group]))  # last: it replaces the block
+    sch.tensorize(c_lanes, int8_dot.intrinsic(form))  # last: it replaces the block
     return True
 
 
@@ -308,7 +309,7 @@ def _tiled(max_pixel_block: int, vector_blocks: int):
 # One rule per kind of kernel: (rule name, kind from _kernel_kind, scheduler, why).
 KERNEL_RULES = (
     ("PointwiseDot", "pointwise_dot", schedule_packed_dot,
-     "int8 1x1 conv packed for x86 dot products (VNNI, AVX2): 4 or 2 input channels per int32 lane."),
+     "int8 1x1 conv packed for dot products (x86 VNNI, AVX2; ARM sdot): 4 or 2 input channels per int32 lane."),
     ("Pointwise", "pointwise", _tiled(8, 2),
      "1x1 conv = GEMM: each weight row of 2 vectors of output channels is reused by up to 8 pixels."),
     ("Depthwise", "depthwise", _tiled(4, 1),

@@ -1,4 +1,5 @@
-"""int8 1x1 convolutions on x86 dot-product instructions: VNNI's vpdpbusd, else AVX2's vpmaddwd.
+"""int8 1x1 convolutions on dot-product instructions: x86 VNNI's vpdpbusd, else AVX2's vpmaddwd;
+AArch64's sdot.
 
 Without them an int8 product is widened to a 32-bit lane (vpmulld + vpaddd), which made our int8
 pointwise kernels slower than float32 ones. The packed form sums `group` consecutive input channels
@@ -10,6 +11,8 @@ into each int32 lane in one instruction:
   way XNNPACK's x86 VNNI kernels do it;
 - `vpmaddwd` (AVX2): two int16 products per lane, the weights stored as int16 and the activations
   sign-extended on load;
+- `sdot` (Armv8.2 dotprod): four s8 x s8 products per lane. With TVM's HWIO weights LLVM gathered
+  each lane's four weights one by one; packed, they are one 16-byte load;
 - the weights packed as [N / lanes, K / group, lanes, group] once at compile time (they are
   constants).
 
@@ -18,6 +21,7 @@ to one PrimFunc whose reduction block is named `BLOCK`, then the correction); th
 rule (compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products
 with `intrinsic(form)`. Other CPUs keep the plain integer conv. Results are the same integers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,32 +33,38 @@ BLOCK = "pointwise_dot"  # the packed kernel's reduction block: how the schedule
 
 @dataclass(frozen=True)
 class DotForm:
-    """One x86 dot-product instruction: `lanes` int32 sums of `group` products each."""
+    """One dot-product instruction: `lanes` int32 sums of `group` products each."""
 
     lanes: int
     group: int  # consecutive input channels summed into one lane
     weight_dtype: str
     shift: int  # added to each activation: vpdpbusd multiplies unsigned bytes
     instruction: str  # the LLVM intrinsic
+    broadcast_cost: int  # instructions to spread one pixel's group of activations over a vector
+    instructions_per_vector: int  # per accumulator vector and group (vpmaddwd needs its vpaddd)
 
     @property
     def name(self) -> str:
         return f"mnv2_dot_{self.lanes}x{self.group}_{self.weight_dtype}_shift{self.shift}"
 
 
-VNNI_512 = DotForm(16, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.512")
-VNNI_256 = DotForm(8, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.256")  # also AVX-VNNI's encoding
-MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd")
-FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256)}
+VNNI_512 = DotForm(16, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.512", 2, 1)
+VNNI_256 = DotForm(8, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.256", 2, 1)  # also AVX-VNNI's encoding
+MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd", 4, 2)
+SDOT_128 = DotForm(4, 4, "int8", 0, "llvm.aarch64.neon.sdot.v4i32.v16i8", 1, 1)  # Armv8.2 dotprod
+FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128)}
 
 
 def dot_forms(target) -> list[DotForm]:
-    """The forms this target has, best first: AVX-512 VNNI, AVX-VNNI, else AVX2's vpmaddwd."""
+    """The forms this target has, best first: AVX-512 VNNI, AVX-VNNI, else AVX2's vpmaddwd; on
+    AArch64 with the dot-product extension, sdot."""
     from tvm.target import codegen
 
     if str(target.kind) != "llvm":
         return []
     features = set(codegen.llvm_get_cpu_features(target))
+    if "dotprod" in features and str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return [SDOT_128]
     if {"avx512vnni", "avx512vl"} <= features:
         return [VNNI_512, VNNI_256]
     if "avxvnni" in features:
@@ -102,7 +112,7 @@ def intrinsic(form: DotForm) -> str:
 
 
 def _one_instruction(form: DotForm, A, B, C):
-    """The updated accumulators: one vpdpbusd or one vpmaddwd (plus the add it lacks)."""
+    """The updated accumulators: one vpdpbusd, sdot, or vpmaddwd (plus the add it lacks)."""
     from tvm import tirx
 
     lanes = form.lanes
@@ -113,6 +123,10 @@ def _one_instruction(form: DotForm, A, B, C):
         flipped = int(np.array(0x80808080, dtype=np.uint32).view(np.int32))
         unsigned = tirx.bitwise_xor(tirx.reinterpret("int32", A.vload([0], "int8x4")), tirx.const(flipped, "int32"))
         return call(accumulators, tirx.reinterpret(f"int8x{lanes * 4}", tirx.Broadcast(unsigned, lanes)),
+                    B.vload([0, 0], dtype=f"int8x{lanes * 4}"))
+    if form is SDOT_128:  # four int8 x int8 products per lane, both signed
+        quad = tirx.reinterpret("int32", A.vload([0], "int8x4"))
+        return call(accumulators, tirx.reinterpret(f"int8x{lanes * 4}", tirx.Broadcast(quad, lanes)),
                     B.vload([0, 0], dtype=f"int8x{lanes * 4}"))
     # vpmaddwd: two int16 products per lane, the activations sign-extended to int16
     pair = tirx.reinterpret("int32", A.vload([0], "int8x2").astype("int16x2"))
@@ -170,7 +184,7 @@ def _form_for(call, forms: list[DotForm]) -> DotForm | None:
 
 def pack_pointwise(target):
     """The Relax pass (before legalization): int8 1x1 convs -> packed dot-product form on x86
-    targets with AVX2 or VNNI; on others it changes nothing."""
+    targets with AVX2 or VNNI and AArch64 ones with dotprod; on others it changes nothing."""
     import tvm
     from tvm import relax
 

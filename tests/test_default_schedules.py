@@ -214,13 +214,15 @@ def _cpu_flags() -> set[str]:
 
 
 SSE4 = {"kind": "llvm", "mcpu": "nehalem", "num-cores": 2}  # no AVX2: the plain integer conv
+CORTEX_A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
+              "num-cores": 4}  # run on the emulated board by test_rpc; here compiled only
 
 
 @pytest.mark.parametrize("target_dict,flag,instruction", [
     (ZNVER4, "avx512_vnni", "vpdpbusd"), (ALDERLAKE, "avx_vnni", "{vex} vpdpbusd"), (HASWELL, "avx2", "vpmaddwd"),
-    (SSE4, None, None)], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4"])
-def test_int8_pointwise_on_x86_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
-    """int8 1x1 convs packed for vpdpbusd or vpmaddwd (compile/int8_dot.py), with TFLite's
+    (SSE4, None, None), (CORTEX_A76, "aarch64", "sdot")], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4", "sdot"])
+def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
+    """int8 1x1 convs packed for vpdpbusd, vpmaddwd or sdot (compile/int8_dot.py), with TFLite's
     requantization, against NumPy and gemmlowp's definition. On AVX-512 VNNI 48 output channels take
     16-lane dot products, 24 the 8-lane ones; an odd width (11) has no even pixel block. A target
     without AVX2 keeps the plain conv. Compiled for every target; run where this CPU can."""
@@ -252,13 +254,15 @@ def test_int8_pointwise_on_x86_dot_products_is_exact(tmp_path, target_dict, flag
                                                 high=127, dtype="int8"))
             bb.emit_func_output(out)
         executable, applied = _compile(bb.get(), target_dict)
-        executable.export_library(str(tmp_path / "kernel.so"))
-        listing = subprocess.run(["objdump", "-d", str(tmp_path / "kernel.so")], capture_output=True, text=True,
-                                 check=True).stdout
+        arm = "mtriple" in target_dict
+        executable.export_library(str(tmp_path / "kernel.so"),
+                                  **({"cc": "aarch64-linux-gnu-gcc"} if arm else {}))
+        listing = subprocess.run(["aarch64-linux-gnu-objdump" if arm else "objdump", "-d", str(tmp_path / "kernel.so")],
+                                 capture_output=True, text=True, check=True).stdout
         if instruction:
-            register = "zmm" if forms[0].lanes == 16 and channels % 16 == 0 else "ymm"
+            register = "v" if arm else "zmm" if forms[0].lanes == 16 and channels % 16 == 0 else "ymm"
             assert "PointwiseDot" in applied.values(), applied
-            assert re.search(rf"{re.escape(instruction)}\s[^\n]*%{register}", listing), \
+            assert re.search(rf"\s{re.escape(instruction)}\s[^\n]*%?{register}", listing), \
                 f"no {instruction} on {register} registers"
         else:
             assert not forms and "PointwiseDot" not in applied.values()
