@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -21,6 +22,16 @@ from targets.profiles import load_profile
 def small_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("tune") / "mnv2_0.35_96_float32.tflite"
     write_variant(Variant(0.35, 96), "float32", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def host_stem_db(tmp_path_factory, small_model):
+    """A database with the small model's stem searched on this host (3 trials); copy it to write."""
+    path = tmp_path_factory.mktemp("host_db")
+    searched = run_cli("compile/tune.py", "--model", small_model, "--tuning-log", path, "--trials", "3",
+                       "--kinds", "stem", "--target", "host", timeout=900)
+    assert searched.returncode == 0, searched.stderr + searched.stdout
     return path
 
 
@@ -147,14 +158,11 @@ def test_tuning_on_two_boards_and_a_sweep_measures_again_after_the_database_chan
 
 
 @pytest.mark.slow
-def test_a_board_starts_from_the_hosts_records(tmp_path, small_model):
+def test_a_board_starts_from_the_hosts_records(tmp_path, small_model, host_stem_db):
     """Tuning on the emulated aarch64 board (candidates cross-linked, run under qemu) with
     --start-from the host's database: the host's record for the same task is replayed and measured
     on the board first, and the search starts from it."""
-    host_db = tmp_path / "host_db"
-    on_host = run_cli("compile/tune.py", "--model", small_model, "--tuning-log", host_db, "--trials", "3",
-                      "--kinds", "stem", "--target", "host", timeout=900)
-    assert on_host.returncode == 0, on_host.stderr + on_host.stdout
+    host_db = host_stem_db
     services = emulated_board.start()
     try:
         port = services.find("tracker").port
@@ -227,11 +235,10 @@ def test_tile_splits_adapt_to_the_new_extent():
 
 
 @pytest.mark.slow
-def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, small_model):
+def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, host_stem_db):
     """The stem tuned at 96x96 serves the stem at 128x128: its trace replayed with adapted tiles,
     measured into the database, logged with its source; the build says where it came from."""
-    searched = tune(tmp_path, small_model, "--target", "host", "--trials", "3")
-    assert searched.returncode == 0, searched.stderr + searched.stdout
+    shutil.copytree(host_stem_db, tmp_path / "db")
     other = tmp_path / "mnv2_0.35_128_float32.tflite"
     write_variant(Variant(0.35, 128), "float32", other)
     moved = tune(tmp_path, other, "--target", "host", "--trials", "0")
