@@ -11,7 +11,7 @@ from pathlib import Path
 
 from compile import default_schedules, frontend, toolchain
 from compile import manifest as contract
-from compile.errors import UserError
+from compile.errors import UserError, last_line
 from compile.manifest import KERNELS, LIBRARY, Manifest
 from compile.threads import profile_threads
 from compile.variants import Variant
@@ -156,7 +156,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     except Exception as err:  # noqa: BLE001 - a failure inside TVM's compiler on this model
         raise UserError(
             f"TVM could not compile {source.name} for {profile.name} ({type(err).__name__}: "
-            f"{frontend._last_line(err)}). Try --no-tuning (a tuning record that no longer fits) or "
+            f"{last_line(err)}). Try --no-tuning (a tuning record that no longer fits) or "
             f"another target; if it persists, report the model and target to Apache TVM."
         ) from None
     progress(f"[tuning] {tuning_line(tuning, profile, schedules)}")
@@ -175,7 +175,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
         executable.export_library(str(library), fcompile=fcompile)
     except Exception as err:  # noqa: BLE001 - the linker's failure, with its own words
         raise UserError(
-            f"Linking {library} for {profile.name} failed ({frontend._last_line(err)}). Check the target's "
+            f"Linking {library} for {profile.name} failed ({last_line(err)}). Check the target's "
             f"toolchain ({profile.link.get('compiler') or profile.link.get('kind')}): run the build again "
             f"after `apt-get install {profile.link.get('apt', 'gcc')}`."
         ) from None

@@ -9,7 +9,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from compile.errors import UserError
+from compile.errors import UserError, last_line
 
 
 def run_main(main) -> None:
@@ -27,7 +27,7 @@ def run_main(main) -> None:
     except Exception as err:  # noqa: BLE001 - anything else is ours to fix, not the user's
         log = Path(tempfile.gettempdir()) / "mnv2-edge-error.log"
         log.write_text(" ".join(sys.argv) + "\n\n" + traceback.format_exc())
-        print(f"internal error: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}. "
+        print(f"internal error: {type(err).__name__}: {last_line(err, '')}. "
               f"This is a bug in mnv2-edge, not a problem with your input: please report it with the "
               f"command you ran and the traceback saved in {log}.", file=sys.stderr)
         sys.exit(3)

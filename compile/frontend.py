@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tflite
 
-from compile.errors import UserError
+from compile.errors import UserError, last_line
 
 SCHEMA_VERSION = 3
 FILE_IDENTIFIER = b"TFL3"
@@ -348,11 +348,11 @@ def load_relax(path: str | Path, int8_lowering: str = "integer"):
     try:
         mod = from_tflite(model, shape_dict=shapes, dtype_dict=dtypes)
     except tvm.error.OpNotImplemented as err:
-        raise UserError(f"TVM cannot convert {path}: {_last_line(err)}") from None
+        raise UserError(f"TVM cannot convert {path}: {last_line(err)}") from None
     except Exception as err:  # noqa: BLE001 - any failure inside TVM's converter is about this file
         ops = ", ".join(f"{name} x{count}" for name, count in info.ops.items())
         raise UserError(
-            f"TVM's TFLite converter failed on {path} ({type(err).__name__}: {_last_line(err)}). The file's "
+            f"TVM's TFLite converter failed on {path} ({type(err).__name__}: {last_line(err)}). The file's "
             f"ops: {ops}. One of them has options or shapes the converter does not handle: check that "
             f"LiteRT runs the file, re-export it with plain builtin ops, or report it to Apache TVM."
         ) from None
@@ -364,7 +364,3 @@ def check_convertible(path: str | Path, int8_lowering: str = "integer", progress
     (Run in a child process by callers, since the conversion enters TVM's native code.)"""
     return load_relax(path, int8_lowering)[1].lowering
 
-
-def _last_line(err: Exception) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "no message"

@@ -28,6 +28,7 @@ import numpy as np
 import tflite
 
 from compile import fixed_point
+from compile.errors import last_line
 from compile.frontend import builtin_options, op_name, tensor_dtype
 from compile.fixed_point import activation_range, const, multiply_by_quantized_multiplier, quantize_multiplier
 from compile.float64_reference import padding
@@ -404,7 +405,7 @@ def from_quantized_tflite(model: tflite.Model, extra_outputs: tuple[int, ...] = 
                     conv.exprs[outputs[0]] = CONVERTERS[op_name(model, op)](conv, op, inputs, outputs)
                 except Exception as err:  # noqa: BLE001 - shapes or wiring this file gets wrong
                     raise IntegerConversionError(f"operator {o} ({op_name(model, op)}): {type(err).__name__}: "
-                                                 f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}") from None
+                                                 f"{last_line(err, '')}") from None
             wanted = [int(i) for i in sub.OutputsAsNumpy()] + list(extra_outputs)
             results = [_output_expr(conv, i) for i in wanted]
             output = bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))

@@ -16,7 +16,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from compile.errors import UserError
+from compile.errors import UserError, last_line
 from compile.manifest import RUNTIME_DIR, RUNTIME_LIBRARIES
 from compile.paths import CACHE_ROOT
 from targets.profiles import Profile
@@ -42,7 +42,7 @@ def _wheels_for(machine: str) -> list[Path]:
     if done.returncode != 0:
         raise UserError(
             f"Could not fetch the {machine} TVM runtime wheels ({', '.join(pins)}) from the package "
-            f"registry: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'pip failed'}. "
+            f"registry: {last_line(done.stderr, 'pip failed')}. "
             f"Check the network, or put the wheels in {folder}."
         )
     return [next(iter(sorted(folder.glob(f"{prefix}*.whl")))) for prefix in wanted]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import tflite
 
 from compile.errors import UserError
+from compile.float64_reference import padding
 
 SAME_SHAPE = {"RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH", "HARD_SWISH", "LEAKY_RELU", "PRELU", "ABS",
               "NEG", "EXP", "SQRT", "RSQRT", "SOFTMAX", "QUANTIZE", "DEQUANTIZE", "ELU", "GELU"}
@@ -38,12 +39,8 @@ def _windowed(name: str, options, data: list[int], weight: list[int] | None) -> 
     if min(sh, sw, kh, kw) < 1:
         return None  # the front end refuses these with its own message
     same = options.Padding() == tflite.Padding.SAME
-
-    def side(size: int, kernel: int, stride: int, dilation: int) -> int:
-        extent = (kernel - 1) * dilation + 1
-        return -(-size // stride) if same else max(-(-(size - extent + 1) // stride), 0)
-
-    return [data[0], side(data[1], kh, sh, dh), side(data[2], kw, sw, dw), channels]
+    height, width = (max(padding(*axis, same)[0], 0) for axis in ((data[1], kh, sh, dh), (data[2], kw, sw, dw)))
+    return [data[0], height, width, channels]
 
 
 def _broadcast(a: list[int], b: list[int]) -> list[int] | None:

@@ -19,7 +19,9 @@ import json
 import math
 from pathlib import Path
 
-TRANSFERS_FILE = "transfers.json"  # workload key -> {"trace": sha256 of the trace, "from": source}
+from compile.tuning import mean_seconds
+
+TRANSFERS_FILE = "transfers.json"  # workload key -> {digest of a transferred trace: its source}
 SOURCES_PER_TASK = 2  # the best record of each of the closest source workloads
 
 
@@ -77,7 +79,7 @@ class Sources:
                 sources = self.by_structure.setdefault(structure_key(func), {})
                 name = f"{label}: {describe(func)}" if label else describe(func)
                 kept = sources.get(name)
-                if kept is None or _mean(record.run_secs) < _mean(kept.run_secs):
+                if kept is None or mean_seconds(record.run_secs) < mean_seconds(kept.run_secs):
                     sources[name] = record
 
     def candidates(self, task) -> list[tuple[str, object]]:
@@ -92,7 +94,7 @@ class Sources:
         closest = sorted(((name, record) for name, record in sources.items()
                           if name != describe(target_mod["main"])),  # not the task itself, from its own database
                          key=lambda item: abs(math.log(max(self.flops(item[1].workload.mod), 1.0) / work)))
-        found = []
+        found, postprocs = [], self._postprocs(target_mod) if closest else []
         for name, record in closest[:SOURCES_PER_TASK]:
             sch = s_tir.Schedule(target_mod)
 
@@ -105,7 +107,7 @@ class Sources:
                 # Without the source's post-processing (its parallel, vectorized and unrolled loops
                 # were made for its own extents): MetaSchedule's own, run again on these loops.
                 record.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=adapt)
-                if not all(postproc.apply(sch) for postproc in self._postprocs(target_mod)):
+                if not all(postproc.apply(sch) for postproc in postprocs):
                     continue
             except Exception:  # noqa: BLE001 - a trace that does not fit this task is no candidate
                 continue
@@ -122,21 +124,19 @@ class Sources:
         return postprocs
 
 
-def _mean(run_secs) -> float:
-    return sum(float(s) for s in run_secs) / len(run_secs)
-
-
 def log(path: Path, workload_key: str, transferred: dict[str, str]) -> None:
     """Note the records transferred to a task: trace digest -> source."""
-    file = Path(path) / TRANSFERS_FILE
-    entries = json.loads(file.read_text()) if file.exists() else {}
+    entries = load(path)
     entries.setdefault(workload_key, {}).update(transferred)
-    file.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    (Path(path) / TRANSFERS_FILE).write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
-def source_of(path: Path, workload_key: str, trace) -> str | None:
-    """Where the record with this trace came from, if it was transferred."""
+def load(path: Path) -> dict:
+    """The database's transfer log: workload key -> {trace digest: source}."""
     file = Path(path) / TRANSFERS_FILE
-    if not file.exists():
-        return None
-    return json.loads(file.read_text()).get(workload_key, {}).get(trace_digest(trace))
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def source_of(log_entries: dict, workload_key: str, trace) -> str | None:
+    """Where the record with this trace came from, if it was transferred (log_entries: load())."""
+    return log_entries.get(workload_key, {}).get(trace_digest(trace))

@@ -5,8 +5,8 @@ First every task's default schedule is measured into the database, then for ever
 searched yet the records of structurally equal tasks at other sizes, replayed at its sizes
 (compile/transfer.py); then the search, task by task, tasks without a record first (most work
 first), then the rest by their measured share of the models' time; a task that already holds
-enough records is skipped, so an interrupted run resumes where it stopped; the database is append-only JSON lines and is repaired
-(cut lines dropped) after an interrupt.
+enough records is skipped, so an interrupted run resumes where it stopped; the database is
+append-only JSON lines and is repaired (cut lines dropped) after an interrupt.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         # First the baseline the search must beat, for every task (about a second each), so that a
         # --minutes stop still leaves no task whose records are slower than its default schedule.
         others = [(str(path), tuning.TuningDatabase(path).open()) for path in request.start_from]
-        sources = transfer.Sources(database, target, tuning.module_flops, others)  # before this run's seeds
+        transfer_sources = transfer.Sources(database, target, tuning.module_flops, others)  # before this run's seeds
         for step, (task, _) in zip(steps, tasks):
             seeded = seed_default_schedule(task, target, builder, runner, database)
             if seeded is not None:
@@ -144,7 +144,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         # not searched yet: a --minutes stop leaves those it does not reach with the best of these.
         for step, (task, _) in zip(steps, tasks):
             if not tuning.searched_trials(db_path, task):
-                transfer_records(sources, task, target, builder, runner, database, db_path, step, progress)
+                transfer_records(transfer_sources, task, target, builder, runner, database, db_path, step, progress)
         if request.trials == 0:
             progress("[tune] --trials 0: default schedules and transfers measured, no search")
             tasks = []
@@ -238,7 +238,7 @@ def measure_into_database(sch, task, target, builder, runner, database) -> float
     run_secs = [float(t) for t in result.run_secs]
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, database.commit_workload(workload_mod), run_secs, target, args_info))
-    return sum(run_secs) / len(run_secs) * 1e3
+    return tuning.mean_seconds(run_secs) * 1e3
 
 
 def distinct_tasks(sources, lowering: str, target, kinds, progress=print) -> tuple[list[tuple], dict[str, int]]:

@@ -64,7 +64,7 @@ def fusion_passes(target) -> list:
         dispatch = []
     return [
         *dispatch,
-        int8_dot.pack_pointwise(target),  # before legalization: int8 1x1 convs on VNNI (x86)
+        int8_dot.pack_pointwise(target),  # before legalization: int8 1x1 convs on dot products
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -150,13 +150,14 @@ class TuningDatabase:
         from compile import transfer
 
         database = database or self.open()
+        log_entries = transfer.load(self.path)
         tuned, untuned, transferred = [], [], {}
         for task in extract_tasks(mod, target):
             workload_mod = task.dispatched[0]
             best = database.query_tuning_record(workload_mod, target, task.task_name) \
                 if database.has_workload(workload_mod) else None
             (tuned if best is not None else untuned).append(f"{task.task_name} ({classify(task)})")
-            source = transfer.source_of(self.path, workload_key(task), best.trace) if best is not None else None
+            source = transfer.source_of(log_entries, workload_key(task), best.trace) if best is not None else None
             if source:
                 transferred[task.task_name] = source
         return tuned, untuned, transferred
@@ -228,7 +229,12 @@ def best_seconds(database, task) -> float | None:
     top = records_for(database, task, 1)
     if not top or not top[0].run_secs:
         return None
-    return float(sum(float(s) for s in top[0].run_secs) / len(top[0].run_secs))
+    return mean_seconds(top[0].run_secs)
+
+
+def mean_seconds(run_secs) -> float:
+    """A record's time: the mean of its measured runs (what MetaSchedule ranks records by)."""
+    return sum(float(s) for s in run_secs) / len(run_secs)
 
 
 def workload_key(task) -> str:

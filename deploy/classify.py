@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from compile.frontend import _last_line
+    from compile.errors import last_line
     from compile.manifest import Manifest
     from deploy.classification import classify
     from deploy.session import LocalSession
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             try:
                 session = stack.enter_context(endpoint.open())
             except (RuntimeError, OSError) as err:  # TVM's RPC errors are RuntimeErrors
-                raise UserError(f"Could not open a session on {endpoint.label}: {_last_line(err)}. "
+                raise UserError(f"Could not open a session on {endpoint.label}: {last_line(err)}. "
                                 f"Check that the device's RPC server runs and is free.") from None
         predictions = classify(args.artifact, args.images, session, args.top, args.check, args.threads)
     print(f"{manifest.name} ({manifest.target.profile}) on {label or endpoint.label}")

@@ -85,9 +85,9 @@ def _time_litert(session, report, model: Path, inputs, threads: int | None, numb
         report({"timing": number * repeat * warm["per_run"]})
         return json.loads(timer(model_bytes, input_bytes, threads or 0, number, repeat))["samples"], ""
     except Exception as err:  # noqa: BLE001 - LiteRT failing on the board leaves our measurement standing
-        from compile.frontend import _last_line
+        from compile.errors import last_line
 
-        return [], f"LiteRT failed on the device ({type(err).__name__}: {_last_line(err)})"
+        return [], f"LiteRT failed on the device ({type(err).__name__}: {last_line(err)})"
 
 
 def _work(report, endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,

@@ -1,6 +1,7 @@
 """MetaSchedule tuning: task classification, local and RPC tuning, resume, and the build applying it."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -231,7 +232,7 @@ def test_tile_splits_adapt_to_the_new_extent():
     assert adapted_tile([7, 2, 1, 16], 96) == [3, 2, 1, 16]  # the vector and register factors kept
     assert adapted_tile([4, 8], 20) == [5, 4]  # what of 8 divides 20
     assert adapted_tile([1, 3], 7) == [7, 1]
-    assert all(__import__("math").prod(adapted_tile([2, 4, 8], e)) == e for e in range(1, 200))
+    assert all(math.prod(adapted_tile([2, 4, 8], e)) == e for e in range(1, 200))
 
 
 @pytest.mark.slow
@@ -256,7 +257,7 @@ def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, host
     assert built.returncode == 0 and ": OK: " in built.stdout, built.stderr + built.stdout
     manifest = Manifest.read(tmp_path / "dist" / "host" / other.stem)
     best = tuning.records_for(tuning.TuningDatabase(tmp_path / "db").open(), stem, 1)[0]
-    from_transfer = transfer.source_of(tmp_path / "db", tuning.workload_key(stem), best.trace)
+    from_transfer = transfer.source_of(transfer.load(tmp_path / "db"), tuning.workload_key(stem), best.trace)
     # The database applies whichever measured fastest: the transferred record or the default schedule.
     assert manifest.schedules[stem.task_name] == ("transferred" if from_transfer else "tuned")
     assert manifest.tuning["transferred"] == ({stem.task_name: from_transfer} if from_transfer else {})
