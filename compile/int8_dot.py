@@ -16,10 +16,11 @@ into each int32 lane in one instruction:
 - the weights packed as [N / lanes, K / group, lanes, group] once at compile time (they are
   constants).
 
-`pack_pointwise` is the Relax pass that rewrites each int8 1x1 stride-1 conv into that form (a call
-to one PrimFunc whose reduction block is named `BLOCK`, then the correction); the default schedule
-rule (compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products
-with `intrinsic(form)`. Other CPUs keep the plain integer conv. Results are the same integers.
+`pack_pointwise` is the Relax pass that rewrites each int8 1x1 stride-1 conv, and each fully
+connected layer (a 1x1 conv over its rows), into that form (a call to one PrimFunc whose reduction
+block is named after `BLOCKS`, then the correction); the default schedule rule
+(compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products with
+`intrinsic(form)`. Other CPUs keep the plain integer conv and matmul. Results are the same integers.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK = "pointwise_dot"  # the packed kernel's reduction block: how the schedule rule finds it
+# The packed kernel's reduction block, by the layer it comes from: how the schedule rule finds it
+# and the tuner tells a 1x1 conv from the classifier.
+BLOCKS = {"pointwise": "pointwise_dot", "dense": "dense_dot"}
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def packed_weights(weight: np.ndarray, form: DotForm) -> np.ndarray:
     return np.ascontiguousarray(packed).astype(form.weight_dtype)
 
 
-def _packed_pointwise(data, packed, shift: int):
+def _packed_pointwise(data, packed, shift: int, name: str):
     from tvm import te
 
     batch, height, width, k = data.shape
@@ -160,52 +163,72 @@ def _packed_pointwise(data, packed, shift: int):
         (batch, height, width, blocks * lanes),
         lambda b, h, w, n: te.sum(_shifted(data[b, h, w, r].astype("int32"), shift)
                                   * packed[n // lanes, r // group, n % lanes, r % group].astype("int32"), axis=r),
-        name=BLOCK)
+        name=name)
 
 
-def _form_for(call, forms: list[DotForm]) -> DotForm | None:
-    """The form for this conv2d call; None when it is not an int8 1x1 stride-1 conv on constant
-    weights whose channel counts the forms divide."""
+def _int8_constant_weight(call) -> bool:
     from tvm.ir.expr import GenericConst  # a Relax constant
 
-    attrs = call.attrs
     data, weight = call.args
-    if not isinstance(weight, GenericConst) or weight.value.dtype != "int8":
-        return None
-    if (data.ty.dtype != "int8" or str(attrs.out_dtype) != "int32" or attrs.groups != 1
+    return (isinstance(weight, GenericConst) and weight.value.dtype == "int8" and data.ty.dtype == "int8"
+            and str(call.attrs.out_dtype) == "int32")
+
+
+def _conv_weight(call) -> np.ndarray | None:
+    """The HWIO weights of an int8 1x1 stride-1 NHWC conv2d call on constant weights, else None."""
+    attrs = call.attrs
+    if (not _int8_constant_weight(call) or attrs.groups != 1
             or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
             or any(int(s) != 1 for s in (*attrs.strides, *attrs.dilation)) or any(int(p) for p in attrs.padding)):
         return None
-    kh, kw, k, n = weight.value.shape
-    if (kh, kw) != (1, 1):
+    weight = call.args[1].value.numpy()
+    return weight if weight.shape[:2] == (1, 1) else None
+
+
+def _dense_weight(call) -> np.ndarray | None:
+    """The [K, N] weights of an int8 [M, K] x [K, N] matmul call as HWIO [1, 1, K, N], else None."""
+    data, weight = call.args
+    if not _int8_constant_weight(call) or len(data.ty.shape) != 2 or len(weight.value.shape) != 2:
         return None
+    return weight.value.numpy()[None, None]
+
+
+def _form_for(weight: np.ndarray, forms: list[DotForm]) -> DotForm | None:
+    """The first form whose lanes and group divide the output and input channels."""
+    _, _, k, n = weight.shape
     return next((f for f in forms if n % f.lanes == 0 and k % f.group == 0), None)
 
 
 def pack_pointwise(target):
-    """The Relax pass (before legalization): int8 1x1 convs -> packed dot-product form on x86
-    targets with AVX2 or VNNI and AArch64 ones with dotprod; on others it changes nothing."""
+    """The Relax pass (before legalization): int8 1x1 convs and fully connected layers -> packed
+    dot-product form on x86 targets with AVX2 or VNNI and AArch64 ones with dotprod; on others it
+    changes nothing."""
     import tvm
     from tvm import relax
 
     forms = dot_forms(target)
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    weight_of = {tvm.ir.Op.get("relax.nn.conv2d"): ("pointwise", _conv_weight),
+                 tvm.ir.Op.get("relax.matmul"): ("dense", _dense_weight)}
 
     @relax.expr_functor.mutator
     class Packer(relax.PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
-            form = _form_for(call, forms) if call.op == conv2d else None
+            layer, weight_in = weight_of.get(call.op, (None, None))
+            weight = weight_in(call) if weight_in else None
+            form = _form_for(weight, forms) if weight is not None else None
             if form is None:
                 return call
-            weight = call.args[1].value.numpy()
-            acc = self.builder_.call_te(_packed_pointwise, call.args[0],
+            data = call.args[0]
+            if layer == "dense":  # [M, K] rows as one image row of M pixels (a view, no copy)
+                data = self.builder_.emit(relax.op.reshape(data, (1, 1, *data.ty.shape)))
+            acc = self.builder_.call_te(_packed_pointwise, data,
                                         relax.const(packed_weights(weight, form), form.weight_dtype),
-                                        shift=form.shift, primfunc_name_hint=BLOCK)
-            if not form.shift:
-                return acc
-            correction = (form.shift * weight.astype(np.int64).sum(axis=(0, 1, 2))).astype(np.int32)
-            return relax.op.subtract(acc, relax.const(correction, "int32"))
+                                        shift=form.shift, name=BLOCKS[layer], primfunc_name_hint=BLOCKS[layer])
+            if form.shift:
+                correction = (form.shift * weight.astype(np.int64).sum(axis=(0, 1, 2))).astype(np.int32)
+                acc = relax.op.subtract(acc, relax.const(correction, "int32"))
+            return relax.op.reshape(acc, call.ty.shape) if layer == "dense" else acc
 
     @tvm.transform.module_pass(opt_level=0, name="mnv2.PackInt8Pointwise")
     def pack(mod, _ctx):
@@ -220,9 +243,15 @@ def pack_pointwise(target):
     return pack
 
 
-def is_packed(func) -> bool:
-    """Whether a (fused) PrimFunc holds the packed kernel."""
+def packed_layer(block_name: str) -> str | None:
+    """"pointwise" or "dense" for a packed kernel's reduction block, else None."""
+    return next((layer for layer, name in BLOCKS.items() if block_name.startswith(name)), None)
+
+
+def packed_kind(func) -> str | None:
+    """"pointwise" or "dense" when a (fused) PrimFunc holds a packed kernel, else None."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    return any(sch.get(b).name_hint.startswith(BLOCK) for b in sch.get_child_blocks(sch.get_sblock("root")))
+    return next((layer for b in sch.get_child_blocks(sch.get_sblock("root"))
+                 if (layer := packed_layer(sch.get(b).name_hint))), None)

@@ -87,8 +87,9 @@ def classify(task) -> str:
     (HWOI with O=1 for depthwise): 3x3xCx1 is depthwise, 1x1 pointwise, 3x3 over 3 channels the stem.
     """
     func = next(iter(task.dispatched[0].functions.values()))
-    if int8_dot.is_packed(func):
-        return "pointwise"
+    packed = int8_dot.packed_kind(func)
+    if packed:
+        return "pointwise" if packed == "pointwise" else "other"
     # A conv task has data, weight, (bias,) output; with two buffers the second is an output.
     if len(func.params) < 3 or len(func.params[1].shape) != 4:
         return "other"

@@ -158,8 +158,8 @@ def _run_without_rules(mod, *arrays):
 
 
 def test_rules_follow_the_targets_vector_width():
-    """The register block is whole vectors of the target: 2 x 8 floats on AVX2 and NEON (128-bit: 2 x 4),
-    2 x 16 on AVX-512; the C the build compiles shows it."""
+    """The register block is whole vectors of the target: 2 x 8 floats on AVX2, 2 x 16 on AVX-512,
+    2 x 4 on NEON (128-bit); the scheduled loops show it (the vectors unrolled, each one vectorized)."""
     import tvm
 
     from compile import tuning
@@ -179,15 +179,17 @@ def test_rules_follow_the_targets_vector_width():
         shapes[name + " block"] = _vectorized_extent(kernel)
     assert (shapes["avx2"].vector_bits, shapes["avx512"].vector_bits, shapes["neon"].vector_bits) == (256, 512, 128)
     assert (shapes["avx2"].registers, shapes["avx512"].registers, shapes["neon"].registers) == (16, 32, 32)
-    assert (shapes["avx2 block"], shapes["avx512 block"], shapes["neon block"]) == (16, 32, 8)
+    assert (shapes["avx2 block"], shapes["avx512 block"], shapes["neon block"]) == ((2, 8), (2, 16), (2, 4))
 
 
-def _vectorized_extent(func) -> int:
+def _vectorized_extent(func) -> tuple[int, int]:
+    """(vectors, lanes) of the conv's register block: an unrolled loop over a vectorized one."""
     import re
 
-    extents = re.findall(r"in T\.vectorized\(T\.int64\((\d+)\)\):\n(?:.*\n){0,3}?.*conv2d_nhwc_update", func.script())
+    extents = re.findall(r"in T\.unroll\(T\.int64\((\d+)\)\):\n\s*for \w+ in T\.vectorized\(T\.int64\((\d+)\)\)"
+                         r":\n(?:.*\n){0,3}?.*conv2d_nhwc_update", func.script())
     assert extents, func.script()
-    return int(extents[0])
+    return int(extents[0][0]), int(extents[0][1])
 
 
 def test_a_reduction_no_rule_takes_is_reported_unscheduled_and_stays_correct():
@@ -222,10 +224,11 @@ CORTEX_A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a7
     (ZNVER4, "avx512_vnni", "vpdpbusd"), (ALDERLAKE, "avx_vnni", "{vex} vpdpbusd"), (HASWELL, "avx2", "vpmaddwd"),
     (SSE4, None, None), (CORTEX_A76, "aarch64", "sdot")], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4", "sdot"])
 def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
-    """int8 1x1 convs packed for vpdpbusd, vpmaddwd or sdot (compile/int8_dot.py), with TFLite's
-    requantization, against NumPy and gemmlowp's definition. On AVX-512 VNNI 48 output channels take
-    16-lane dot products, 24 the 8-lane ones; an odd width (11) has no even pixel block. A target
-    without AVX2 keeps the plain conv. Compiled for every target; run where this CPU can."""
+    """int8 1x1 convs and fully connected layers packed for vpdpbusd, vpmaddwd or sdot
+    (compile/int8_dot.py), with TFLite's requantization, against NumPy and gemmlowp's definition. On
+    AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the 8-lane ones; an odd width
+    (11) has no even pixel block. A target without AVX2 keeps the plain conv and matmul. Compiled for
+    every target; run where this CPU can."""
     import subprocess
 
     import tvm
@@ -236,8 +239,9 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
 
     forms = int8_dot.dot_forms(tvm.target.Target(target_dict))
     rng = np.random.default_rng(5)
-    x = rng.integers(-128, 128, (1, 9, 11, 40)).astype("int8")
-    for channels in (48, 24):
+    for layer, x_shape, channels in (("conv", (1, 9, 11, 40), 48), ("conv", (1, 9, 11, 40), 24),
+                                     ("dense", (3, 40), 40)):
+        x = rng.integers(-128, 128, x_shape).astype("int8")
         w = rng.integers(-127, 128, (1, 1, 40, channels)).astype("int8")
         bias = rng.integers(-5000, 5000, channels).astype("int32")
         multipliers = [int(m) for m in rng.integers(1 << 30, 1 << 31, channels)]
@@ -247,7 +251,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
         with bb.function("main", [param]):
             with bb.dataflow():
                 acc = bb.emit(relax.op.nn.conv2d(param, fixed_point.const(w, "int8"), data_layout="NHWC",
-                                                 kernel_layout="HWIO", out_dtype="int32"))
+                                                 kernel_layout="HWIO", out_dtype="int32") if layer == "conv" else
+                              relax.op.matmul(param, fixed_point.const(w[0, 0], "int8"), out_dtype="int32"))
                 out = bb.emit_output(bb.call_te(fixed_point.requantize, acc, fixed_point.const(bias, "int32"),
                                                 fixed_point.const(multipliers, "int32"),
                                                 fixed_point.const(shifts, "int32"), zero_point=-3, low=-128,
