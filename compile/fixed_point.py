@@ -2,8 +2,8 @@
 
 Two halves: the multipliers TFLite derives from the float scales when it prepares a model (computed
 here in NumPy with the same float and double steps, since one bit of a multiplier changes
-results), and the per-element arithmetic as Relax expressions (int64 where TFLite relies on 64-bit
-products): MultiplyByQuantizedMultiplier = SaturatingRoundingDoublingHighMul, then
+results), and the per-element arithmetic as TE computations in int32, as TFLite does it, with one
+64-bit product per rescale: MultiplyByQuantizedMultiplier = SaturatingRoundingDoublingHighMul, then
 RoundingDivideByPOT, as in tensorflow/lite/kernels/internal/common.h.
 """
 
@@ -64,72 +64,97 @@ def const(value, dtype: str = "int64"):
     return relax.const(np.asarray(value, dtype=dtype), dtype)  # without dtype, int64 becomes int32
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift, single_rounding: bool = False):
-    """TFLite's MultiplyByQuantizedMultiplier on an int32/int64 Relax tensor, per channel (last axis)
-    when multiplier and shift are arrays. Returns int64 (holding int32 values).
+def _per_channel(value):
+    """c -> int32 expression: value[c] of a TE tensor (per channel, the last axis), or one constant."""
+    from tvm import tirx
 
-    Two roundings by default, as TFLite's reference conv, depthwise, add and mean kernels do:
-    SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT (tests/test_int8.py checks this
-    form against gemmlowp's own). With single_rounding, one:
-    (x * m + 2^(30 - shift)) >> (31 - shift), as LiteRT's reference FULLY_CONNECTED does (measured:
-    the two differ on values within a hair of a half step)."""
-    from tvm import relax
-
-    op = relax.op
-    multiplier, shift = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
-    x = op.astype(x, "int64")
-    if single_rounding:
-        total_shift = 31 - shift
-        product = op.multiply(x, const(multiplier))
-        return op.right_shift(op.add(product, const(np.left_shift(1, total_shift - 1))), const(total_shift))
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    if left.any():
-        x = op.multiply(x, const(np.left_shift(1, left)))
-    # gemmlowp's two roundings in sign-magnitude form, a third of the operations (each kernel's
-    # epilogue, compiled and searched per tuning candidate). With s = sign(x):
-    #   SaturatingRoundingDoublingHighMul(x, m) = s * ((|x| m + 2^30 - [x < 0]) >> 31)
-    #   RoundingDivideByPOT(h, e) = s * ((|h| + 2^(e-1)) >> e), halves away from zero.
-    # The saturating case (both INT32_MIN) cannot happen: multipliers are positive.
-    negative = op.less(x, const(0))
-    magnitude = op.add(op.multiply(op.abs(x), const(multiplier)),
-                       op.where(negative, const((1 << 30) - 1), const(1 << 30)))
-    high = op.right_shift(magnitude, const(31))
-    half = np.where(right > 0, np.left_shift(1, np.maximum(right - 1, 0)), 0)
-    rounded = op.right_shift(op.add(high, const(half)), const(right)) if right.any() else high
-    return op.where(negative, op.negative(rounded), rounded)
+    if isinstance(value, (int, np.integer)):
+        return lambda c: tirx.const(int(value), "int32")
+    return lambda c: value[c]
 
 
-def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: int, dtype: str):
-    """TE: int32 accumulators [..., C] -> dtype, as TFLite's reference conv and depthwise kernels
-    finish: + bias[c], MultiplyByQuantizedMultiplier(multiplier[c], shift[c]) with its two roundings,
-    + zero point, clamp to [low, high]. In 32-bit lanes except the one 32 x 32 -> 64-bit
-    product per element (both factors sign-extended from int32, so x86 uses vpmuldq and AArch64
-    smull): a third of the vector work of the same steps as separate int64 Relax ops.
+def _doubling_high(shape, value, multiplier, shift, name: str):
+    """TE stage: SaturatingRoundingDoublingHighMul(value << max(shift, 0), multiplier) per element,
+    with its one 32 x 32 -> 64-bit product (both factors sign-extended from int32: x86's vpmuldq,
+    AArch64's smull). Its own stage: the rounding after it reads it twice (value and sign), and
+    TVM's analyses take no Let.
 
     SaturatingRoundingDoublingHighMul(x, m) = (x m + 2^30) >> 31, arithmetically: gemmlowp adds a
     nudge of 2^30 or 1 - 2^30 by sign and divides truncating, and for a negative product those
     agree with the floor of (x m + 2^30) / 2^31 (the case that saturates, both INT32_MIN, cannot
-    happen: multipliers are positive). RoundingDivideByPOT(h, e) = (h + 2^(e-1) - [h < 0]) >> e for
-    e > 0: halves away from zero."""
+    happen: multipliers are positive)."""
     from tvm import te, tirx
 
-    def doubling_high(*index):
+    multiplier, shift = _per_channel(multiplier), _per_channel(shift)
+
+    def high(*index):
         c = index[-1]
-        x = (acc(*index) + bias[c]) << tirx.max(shift[c], 0)
-        return ((x.astype("int64") * multiplier[c].astype("int64") + (1 << 30)) >> 31).astype("int32")
+        x = value(*index) << tirx.max(shift(c), 0)
+        return ((x.astype("int64") * multiplier(c).astype("int64") + (1 << 30)) >> 31).astype("int32")
 
-    # Its own stage: the rounding reads it twice (value and sign), and TVM's analyses take no Let.
-    high_mul = te.compute(acc.shape, doubling_high, name="requantize_high")
+    return te.compute(shape, high, name=name)
 
-    def element(*index):
-        c, h = index[-1], high_mul(*index)
-        right = tirx.max(-shift[c], 0)
-        half = (tirx.const(1, "int32") << right) >> 1
-        below_zero = (h >> 31) & tirx.Select(right > 0, tirx.const(1, "int32"), tirx.const(0, "int32"))
-        scaled = ((h + half - below_zero) >> right) + zero_point
-        return tirx.max(tirx.min(scaled, high), low).astype(dtype)
 
-    return te.compute(acc.shape, element, name="requantize")
+def _divided_by_pot(high, shift):
+    """RoundingDivideByPOT(high, max(-shift, 0)) = (h + 2^(e-1) - [h < 0]) >> e for e > 0: halves
+    away from zero."""
+    from tvm import tirx
+
+    right = tirx.max(-shift, 0)
+    half = (tirx.const(1, "int32") << right) >> 1
+    below_zero = (high >> 31) & tirx.Select(right > 0, tirx.const(1, "int32"), tirx.const(0, "int32"))
+    return (high + half - below_zero) >> right
+
+
+def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: int, dtype: str,
+               single_rounding: bool = False):
+    """TE: integer values [..., C] -> dtype, as TFLite's reference kernels finish a conv, depthwise,
+    mean or requantize: + bias, MultiplyByQuantizedMultiplier(multiplier, shift) with its two
+    roundings, + zero point, clamp to [low, high]. bias, multiplier and shift are per channel (TE
+    tensors over the last axis) or one int each. In 32-bit lanes except one 32 x 32 -> 64-bit product
+    per element: a third of the vector work of the same steps as int64 ops.
+
+    With single_rounding, one: (x m + 2^(30 - shift)) >> (31 - shift), as LiteRT's reference
+    FULLY_CONNECTED does (measured: the two differ on values within a hair of a half step)."""
+    from tvm import te, tirx
+
+    bias_of, multiplier_of, shift_of = _per_channel(bias), _per_channel(multiplier), _per_channel(shift)
+
+    def biased(*index):
+        return acc(*index).astype("int32") + bias_of(index[-1])
+
+    def clamped(*index, scaled):
+        return tirx.max(tirx.min(scaled + zero_point, high), low).astype(dtype)
+
+    if single_rounding:
+        def element(*index):
+            c = index[-1]
+            total_shift = (31 - shift_of(c)).astype("int64")
+            product = biased(*index).astype("int64") * multiplier_of(c).astype("int64")
+            scaled = ((product + (tirx.const(1, "int64") << (total_shift - 1))) >> total_shift).astype("int32")
+            return clamped(*index, scaled=scaled)
+
+        return te.compute(acc.shape, element, name="requantize")
+    high_mul = _doubling_high(acc.shape, biased, multiplier, shift, "requantize_high")
+    return te.compute(acc.shape, lambda *index: clamped(*index, scaled=_divided_by_pot(
+        high_mul(*index), shift_of(index[-1]))), name="requantize")
+
+
+def add(a, b, a_zero: int, b_zero: int, a_rescale: tuple[int, int], b_rescale: tuple[int, int],
+        left_shift: int, out_rescale: tuple[int, int], zero_point: int, low: int, high: int, dtype: str):
+    """TE: TFLite's integer ADD (reference_integer_ops::AddElementwise) on two tensors of one shape:
+    each input less its zero point, shifted left, rescaled (multiplier, shift); the sum rescaled to
+    the output, + zero point, clamped. All in int32 as TFLite does it, each rescale one
+    MultiplyByQuantizedMultiplier (two stages, see _doubling_high)."""
+    from tvm import te
+
+    high_a = _doubling_high(a.shape, lambda *i: (a(*i).astype("int32") - a_zero) << left_shift, *a_rescale, "add_high_a")
+    high_b = _doubling_high(b.shape, lambda *i: (b(*i).astype("int32") - b_zero) << left_shift, *b_rescale, "add_high_b")
+
+    shift_a, shift_b = _per_channel(a_rescale[1]), _per_channel(b_rescale[1])
+    summed = te.compute(a.shape, lambda *i: _divided_by_pot(high_a(*i), shift_a(i[-1]))
+                        + _divided_by_pot(high_b(*i), shift_b(i[-1])), name="add_sum")
+    return requantize(summed, 0, *out_rescale, zero_point=zero_point, low=low, high=high, dtype=dtype)
 
 
 def clamp_cast(x, low: int, high: int, dtype: str, x_dtype: str = "int64"):

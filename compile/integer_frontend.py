@@ -30,7 +30,7 @@ import tflite
 from compile import fixed_point
 from compile.errors import last_line
 from compile.frontend import builtin_options, op_name, tensor_dtype
-from compile.fixed_point import activation_range, const, multiply_by_quantized_multiplier, quantize_multiplier
+from compile.fixed_point import activation_range, const, quantize_multiplier
 from compile.float64_reference import padding
 
 ACTIVATIONS = ("int8", "uint8")
@@ -93,18 +93,24 @@ class _Converter:
 def _requantize_to_output(conv, acc, bias: np.ndarray, multipliers, shifts, out: QTensor, activation: int,
                           single_rounding: bool = False):
     """int32 accumulator + folded bias -> requantized, clamped int8 output (per output channel)."""
-    from tvm import relax
-
     low, high = activation_range(activation, float(out.scale[0]), int(out.zero_point[0]), out.dtype)
-    if not single_rounding:
-        return conv.bb.emit_te(functools.partial(fixed_point.requantize, zero_point=int(out.zero_point[0]),
-                                                 low=low, high=high, dtype=out.dtype),
-                               acc, const(bias, "int32"), const(multipliers, "int32"), const(shifts, "int32"),
-                               primfunc_name_hint="requantize")
-    acc = relax.op.add(acc, const(bias, "int32"))
-    scaled = multiply_by_quantized_multiplier(acc, multipliers, shifts, single_rounding)
-    shifted = relax.op.add(scaled, const(int(out.zero_point[0]), "int64"))
-    return conv.emit(fixed_point.clamp_cast(shifted, low, high, out.dtype))
+    return conv.bb.emit_te(functools.partial(fixed_point.requantize, zero_point=int(out.zero_point[0]),
+                                             low=low, high=high, dtype=out.dtype, single_rounding=single_rounding),
+                           acc, const(bias, "int32"), const(multipliers, "int32"), const(shifts, "int32"),
+                           primfunc_name_hint="requantize")
+
+
+def _requantize_tensor(conv, values, bias: int, real_multiplier: float, out: QTensor, low: int, high: int,
+                       fold: int = 1):
+    """(values + bias) x real_multiplier / fold + zero point, clamped: one multiplier for the tensor,
+    1/fold folded into it as TFLite's MEAN does."""
+    multiplier, shift = quantize_multiplier(real_multiplier)
+    if fold > 1:
+        bits = min(fold.bit_length() - 1, 32, 31 + shift)  # floor(log2 n), kept in range
+        multiplier, shift = (multiplier << bits) // fold, shift - bits
+    return conv.bb.emit_te(functools.partial(fixed_point.requantize, bias=bias, multiplier=multiplier, shift=shift,
+                                             zero_point=int(out.zero_point[0]), low=low, high=high, dtype=out.dtype),
+                           values, primfunc_name_hint="requantize")
 
 
 def _channel_multipliers(inp: QTensor, weight: QTensor, out: QTensor, channels: int) -> tuple[list, list]:
@@ -191,20 +197,18 @@ def convert_add(conv, op, inputs, outputs):
     left_shift = 20
     twice_max = float(np.float32(2) * max(np.float32(a.scale[0]), np.float32(b.scale[0])))
     output_denominator = float(np.float32(1 << left_shift) * np.float32(out.scale[0]))
-    scaled = []
-    for tensor, index in ((a, inputs[0]), (b, inputs[1])):
-        m, s = quantize_multiplier(float(tensor.scale[0]) / twice_max)
-        shifted = relax.op.multiply(relax.op.subtract(relax.op.astype(conv.expr(index), "int64"),
-                                                      const(int(tensor.zero_point[0]), "int64")),
-                                    const(1 << left_shift, "int64"))
-        scaled.append(multiply_by_quantized_multiplier(shifted, m, s))
-    m, s = quantize_multiplier(twice_max / output_denominator)
-    raw = multiply_by_quantized_multiplier(relax.op.add(*scaled), m, s)
     opts = builtin_options(op, tflite.AddOptions)
     low, high = activation_range(opts.FusedActivationFunction() if opts else 0, float(out.scale[0]),
                                  int(out.zero_point[0]), out.dtype)
-    return conv.emit(fixed_point.clamp_cast(relax.op.add(raw, const(int(out.zero_point[0]), "int64")),
-                                            low, high, out.dtype))
+    # Broadcast first (TFLite's ADD broadcasts; MobileNetV2's residual adds have one shape).
+    operands = [conv.expr(i) if list(t.shape) == list(out.shape) else conv.emit(relax.op.broadcast_to(conv.expr(i), out.shape))
+                for t, i in ((a, inputs[0]), (b, inputs[1]))]
+    return conv.bb.emit_te(functools.partial(
+        fixed_point.add, a_zero=int(a.zero_point[0]), b_zero=int(b.zero_point[0]),
+        a_rescale=quantize_multiplier(float(a.scale[0]) / twice_max),
+        b_rescale=quantize_multiplier(float(b.scale[0]) / twice_max), left_shift=left_shift,
+        out_rescale=quantize_multiplier(twice_max / output_denominator), zero_point=int(out.zero_point[0]),
+        low=low, high=high, dtype=out.dtype), *operands, primfunc_name_hint="add")
 
 
 def _to_quantized(conv, real_expr, out: QTensor, dtype: str = "float64"):
@@ -233,16 +237,10 @@ def convert_mean(conv, op, inputs, outputs):
     opts = builtin_options(op, tflite.ReducerOptions)
     axis = [int(a) % len(x.shape) for a in np.atleast_1d(axes.value)]
     count = int(np.prod([x.shape[a] for a in axis]))
-    multiplier, shift = quantize_multiplier(float(x.scale[0]) / float(out.scale[0]))
-    fold = min(count.bit_length() - 1, 32, 31 + shift)  # floor(log2 n), kept in range
-    multiplier, shift = (multiplier << fold) // count, shift - fold
-    total = relax.op.sum(relax.op.astype(conv.expr(inputs[0]), "int32"), axis=axis,
-                         keepdims=bool(opts and opts.KeepDims()))
-    centered = relax.op.subtract(total, const(int(x.zero_point[0]) * count, "int32"))
-    y = relax.op.add(multiply_by_quantized_multiplier(centered, multiplier, shift),
-                     const(int(out.zero_point[0]), "int64"))
-    low, high = fixed_point.INT_RANGES[out.dtype]
-    return conv.emit(fixed_point.clamp_cast(y, low, high, out.dtype))
+    total = conv.emit(relax.op.sum(relax.op.astype(conv.expr(inputs[0]), "int32"), axis=axis,
+                                   keepdims=bool(opts and opts.KeepDims())))
+    return _requantize_tensor(conv, total, -int(x.zero_point[0]) * count, float(x.scale[0]) / float(out.scale[0]),
+                              out, *fixed_point.INT_RANGES[out.dtype], fold=count)
 
 
 def convert_softmax(conv, op, inputs, outputs):
@@ -268,11 +266,8 @@ def convert_quantize(conv, op, inputs, outputs):
     if x.dtype == "float32":  # TFLite: round(x / scale) in float, + zero point
         return _to_quantized(conv, conv.expr(inputs[0]), out, dtype="float32")
     # Requantize: MultiplyByQuantizedMultiplier(x - zp_in, in_scale / out_scale) + zp_out.
-    m, s = quantize_multiplier(float(x.scale[0]) / float(out.scale[0]))
-    centered = relax.op.subtract(relax.op.astype(conv.expr(inputs[0]), "int64"), const(int(x.zero_point[0]), "int64"))
-    y = relax.op.add(multiply_by_quantized_multiplier(centered, m, s), const(int(out.zero_point[0]), "int64"))
-    low, high = fixed_point.INT_RANGES[out.dtype]
-    return conv.emit(fixed_point.clamp_cast(y, low, high, out.dtype))
+    return _requantize_tensor(conv, conv.expr(inputs[0]), -int(x.zero_point[0]), float(x.scale[0]) / float(out.scale[0]),
+                              out, *fixed_point.INT_RANGES[out.dtype])
 
 
 def convert_dequantize(conv, op, inputs, outputs):

@@ -126,20 +126,29 @@ def test_integer_conv_with_requantization_is_exact():
     """int8 x int8 -> int32 with a per-channel fixed-point rescale: integers, so exact."""
     from tvm import relax
 
-    from compile.fixed_point import multiply_by_quantized_multiplier
+    from compile.fixed_point import add
 
     rng = np.random.default_rng(11)
     x = rng.integers(-128, 128, (1, 9, 9, 20)).astype("int8")
     w = rng.integers(-127, 128, (1, 1, 20, 24)).astype("int8")
-    multipliers = [int(m) for m in rng.integers(1 << 30, 1 << 31, 24)]
-    shifts = [-9] * 24
 
-    def conv(x_, w_):
-        acc = relax.op.nn.conv2d(x_, w_, data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32")
-        scaled = multiply_by_quantized_multiplier(acc, multipliers, shifts, False)
-        return relax.op.astype(relax.op.clip(scaled, -128, 127), "int8")
-
-    mod = _relax_function(conv, (x.shape, "int8"), (w.shape, "int8"))
+    # A conv, and TFLite's ADD (fixed_point.add) of its result to the input: a residual add, fused.
+    bb = relax.BlockBuilder()
+    params = [relax.Var("x", relax.TensorType(shape=x.shape, dtype="int8")),
+              relax.Var("w", relax.TensorType(shape=w.shape, dtype="int8"))]
+    with bb.function("main", params):
+        with bb.dataflow():
+            acc = bb.emit(relax.op.nn.conv2d(params[0], params[1], data_layout="NHWC", kernel_layout="HWIO",
+                                             out_dtype="int32"))
+            narrow = bb.emit(relax.op.astype(relax.op.clip(relax.op.right_shift(acc, relax.const(6, "int32")),
+                                                           -128, 127), "int8"))
+            out = bb.emit_output(bb.call_te(add, narrow, narrow,
+                                            a_zero=3, b_zero=-7, a_rescale=(1 << 30, 0),
+                                            b_rescale=((1 << 30) + 12345, 0), left_shift=20,
+                                            out_rescale=(1518500250, -19), zero_point=-5, low=-128, high=127,
+                                            dtype="int8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
     got, applied = _run(mod, x, w)
     assert "Pointwise" in applied.values(), applied
     plain = _run_without_rules(mod, x, w)

@@ -44,11 +44,13 @@ def gemmlowp_multiply(x: np.ndarray, multiplier: int, shift: int, single_roundin
 
 @pytest.mark.parametrize("single_rounding", [False, True])
 def test_requantization_matches_gemmlowp(single_rounding):
-    """The Relax form (sign-magnitude, per channel) against the C++ definition, ties included."""
+    """The TE form in 32-bit lanes (per channel) against the C++ definition, ties included."""
+    import functools
+
     import tvm
     from tvm import relax
 
-    from compile.fixed_point import multiply_by_quantized_multiplier
+    from compile.fixed_point import INT_RANGES, const, requantize
 
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.integers(-(1 << 22), 1 << 22, 4000), np.arange(-2048, 2048)]).astype(np.int32)
@@ -59,7 +61,11 @@ def test_requantization_matches_gemmlowp(single_rounding):
     param = relax.Var("x", relax.TensorType(shape=data.shape, dtype="int32"))
     with bb.function("main", [param]):
         with bb.dataflow():
-            out = bb.emit_output(multiply_by_quantized_multiplier(param, multipliers, shifts, single_rounding))
+            out = bb.emit_output(bb.call_te(
+                functools.partial(requantize, zero_point=0, low=INT_RANGES["int32"][0], high=INT_RANGES["int32"][1],
+                                  dtype="int32", single_rounding=single_rounding),
+                param, const([0] * len(shifts), "int32"), const(multipliers, "int32"), const(shifts, "int32"),
+                primfunc_name_hint="requantize"))
         bb.emit_func_output(out)
     target = tvm.target.Target({"kind": "llvm"})
     vm = relax.VirtualMachine(tvm.compile(bb.get(), target), tvm.cpu())
