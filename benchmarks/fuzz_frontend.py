@@ -5,7 +5,7 @@
 Each mutant is a generated MobileNetV2 (0.35/96, float32 or int8) with one change: an op's options
 (stride, padding, activation, dilation, depth multiplier), a tensor's shape or type, a constant's
 bytes, an operator's code, or the subgraph's wiring. Each is fed to the command a user runs,
-`python compile/build.py --target host --model FILE --verify`, with a time limit, and LiteRT is asked
+`python deploy/check.py --model FILE` (build here, check against LiteRT), with a time limit, and LiteRT is asked
 separately (in a child process) whether it accepts the file. Outcomes:
 
   verified      built, and the outputs match LiteRT (exit 0)
@@ -170,17 +170,17 @@ def litert_accepts(path: Path, timeout: float) -> bool:
 def judge(path: Path, out: Path, timeout: float) -> tuple[str, str]:
     """(outcome, detail) of the user's command on this file."""
     try:
-        done = subprocess.run([sys.executable, "compile/build.py", "--target", "host", "--model", str(path),
-                               "--verify", "--no-tuning", "--out", str(out)],
+        done = subprocess.run([sys.executable, "deploy/check.py", "--model", str(path), "--no-tuning",
+                               "--out", str(out)],
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "HANG", f"no answer in {timeout:.0f} s"
     err = done.stderr.strip()
     if "Traceback" in err:
         return "BUG", err.splitlines()[-1]
-    if done.returncode == 0:  # the [verify] line: the worst error and LiteRT's own
+    if done.returncode == 0:  # the [check] line: the worst error and LiteRT's own
         return "verified", next((line.split(": OK: ", 1)[-1] for line in done.stdout.splitlines()
-                                 if line.startswith("[verify]")), "")
+                                 if line.startswith("[check]")), "")
     if done.returncode == 2 and "\nerror: " in "\n" + err:
         return "refused", err[err.index("error: "):][:300]
     if done.returncode == 1:

@@ -6,7 +6,7 @@ The files: every .tflite inside the MediaPipe 0.10.14 wheel (Google's face, hand
 segmentation networks: several outputs, sparse weights, float16 weights, custom layouts), fetched
 once from PyPI with `pip download` into .cache/real-world/, and the trained MobileNetV2 of
 ../shared/models (TensorFlow 2.21's converter: float32, float16, int8, uint8 I/O). Each goes through
-`python compile/build.py --target host --model FILE --verify --no-tuning` in a child process with a
+`python deploy/check.py --model FILE --no-tuning` (build here, check against LiteRT) in a child process with a
 time limit, and LiteRT is asked separately whether it runs the file. Prints a Markdown table:
 outcome (verified / refused with the reason / a defect) and the worst error against the float64
 forward pass beside LiteRT's own (see deploy/verify.py).

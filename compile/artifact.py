@@ -120,10 +120,13 @@ def tuning_line(tuning, profile: Profile, schedules: dict[str, str]) -> str:
             f"{counts.get('tuned', 0) + transferred}/{len(schedules)} kernels from the database {tuning.path}"
             + (f" ({transferred} transferred from similar tasks, see the manifest)" if transferred else ""))
     line = f"{head}; {defaulted}/{len(schedules)} kernels got default schedules by rule ({rules or '-'})"
+    rule_fastest = len(tuning.summary().get("rule_fastest", [])) if tuning is not None else 0
+    if rule_fastest:
+        line += f", {rule_fastest} of them where the tuner measured the rule fastest"
     if counts.get("none"):
         naive = sorted(name for name, how in schedules.items() if how == "none")
         line += f"; {len(naive)} left unscheduled (slow): {', '.join(naive[:5])}"
-    if tuning is None or counts.get("tuned", 0) + transferred < len(schedules):
+    if tuning is None or tuning.summary().get("untuned"):
         line += f". Tuning can make them faster: `python compile/tune.py --target {profile.name}`"
     return line
 

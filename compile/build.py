@@ -5,6 +5,8 @@
     python compile/build.py --target rasp5 --model my_model.tflite --labels labels.txt --bundle-runtime
     python compile/build.py --list-variants [--json]
     python compile/build.py --list-targets
+
+To run a host build here and check it against LiteRT: python deploy/check.py (the same model flags).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bundle-runtime", action="store_true",
                         help="copy the TVM runtime libraries an app needs into runtime/ beside the model "
                              "(Linux x86_64 and aarch64 targets; see the README's Ship it)")
-    parser.add_argument("--verify", action="store_true", help="host target only: run and check against LiteRT")
     parser.add_argument("--force", action="store_true", help="rebuild even when dist/ is up to date")
     parser.add_argument("--list-variants", action="store_true", help="print the 22 published variants")
     parser.add_argument("--list-targets", action="store_true", help="print the device profiles")
@@ -114,35 +115,10 @@ def main(argv=None) -> int:
         target=args.target, int8_lowering=args.int8_lowering, tuning_log=args.tuning_log, no_tuning=args.no_tuning,
         out=args.out or DEFAULT_OUT, force=args.force, labels=args.labels,
         value_range=parse_range(args.input_range, "--input-range"))
-    out_dirs = []
-    for index, (label, request) in enumerate(requests, 1):
-        prefix = f"({index}/{len(requests)}) " if len(requests) > 1 else ""
-        manifest = pipeline.build(request, progress=lambda m: print(prefix + m))[0]
-        out_dirs.append(Path(request.out) / manifest.target.profile / manifest.name)
+    for out_dir in pipeline.build_each(requests):
         if args.bundle_runtime:
-            runtime_bundle.bundle(out_dirs[-1], profile, progress=lambda m: print(prefix + m))
-    if args.verify:
-        return verify(args.target, out_dirs)
+            runtime_bundle.bundle(out_dir, profile)
     return 0
-
-
-def verify(target: str, out_dirs: list[Path]) -> int:
-    from compile.errors import UserError
-    from deploy.check import check_artifact
-    from deploy.session import LocalSession
-    from deploy.verify import summarize
-
-    if target != "host":
-        raise UserError("--verify runs the model on this machine, so it needs --target host; "
-                        "check other targets on their device with deploy/bench.py.")
-    failed = 0
-    with LocalSession() as session:
-        for out_dir in out_dirs:
-            result = check_artifact(out_dir, session)
-            print(f"[verify] {out_dir}: {'OK' if result.ok else 'MISMATCH'}: {summarize(result.checks)}"
-                  + ("" if result.ok else "; " + "; ".join(result.problems)))
-            failed += not result.ok
-    return 1 if failed else 0
 
 
 def cli() -> None:

@@ -152,6 +152,17 @@ def _up_to_date(out_dir: Path, source: artifact.ModelSource, profile: Profile, t
     )
 
 
+def build_each(requests: list[tuple[str, BuildRequest]], progress=print) -> list[Path]:
+    """Build each (label, request) of ModelSelection.requests in turn (numbered when several); returns
+    their artifact folders."""
+    out_dirs = []
+    for index, (_, request) in enumerate(requests, 1):
+        prefix = f"({index}/{len(requests)}) " if len(requests) > 1 else ""
+        manifest = build(request, progress=lambda m, prefix=prefix: progress(prefix + m))[0]
+        out_dirs.append(Path(request.out) / manifest.target.profile / manifest.name)
+    return out_dirs
+
+
 def build(request: BuildRequest, progress=print) -> list[Manifest]:
     """Build every requested model for the target; returns one manifest per artifact."""
     profile = load_profile(request.target)

@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from compile.tuning import mean_seconds
+from compile.tuning import mean_seconds, searched
 
 TRANSFERS_FILE = "transfers.json"  # workload key -> {digest of a transferred trace: its source}
 SOURCES_PER_TASK = 2  # the best record of each of the closest source workloads
@@ -73,7 +73,7 @@ class Sources:
             for record in db.get_all_tuning_records():
                 # Searched records only: a default schedule's trace has fixed splits made for its
                 # own extents (the task gets its own default schedule anyway).
-                if not record.run_secs or not any(i.kind.name == "SamplePerfectTile" for i in record.trace.insts):
+                if not record.run_secs or not searched(record.trace):
                     continue
                 func = record.workload.mod["main"]
                 sources = self.by_structure.setdefault(structure_key(func), {})

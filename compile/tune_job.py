@@ -38,6 +38,7 @@ class TuneRequest:
     rpc_key: str | None = None
     session_timeout: int = 120  # slow boards need more than MetaSchedule's default 10 s
     start_from: tuple[Path, ...] = ()  # other databases whose records are measured here first
+    cache_flush: bool = False  # time candidates with cold caches (see _runner)
 
 
 @dataclass
@@ -61,14 +62,18 @@ class TuneReport:
 def _runner(request: TuneRequest, profile, progress=print):
     from tvm.s_tir import meta_schedule as ms
 
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    # Five repeats, the fastest kept (tuning.fastest_repeat). Warm: each repeat as many runs as fill
+    # 10 ms. Cold (--cache-flush): MetaSchedule flushes the caches before each repeat, so one run per
+    # repeat, as TVM's docs advise.
+    evaluator = ms.runner.EvaluatorConfig(number=1, repeat=5, min_repeat_ms=0 if request.cache_flush else 10,
+                                          enable_cpu_cache_flush=request.cache_flush)
     if request.rpc_tracker is None:
         if profile.machine != os.uname().machine:
             raise UserError(f"Tuning for {profile.name} measures on the board: give --rpc-tracker and --rpc-key.")
         # The runner's worker processes inherit this: candidates run on the threads the model will
         # (TVM's own default on x86 is half the cores; tuning_logs/host before this was made on 1).
         os.environ["TVM_NUM_THREADS"] = str(profile_threads(profile) or os.cpu_count())
-        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator, f_run_evaluator=tuning.fastest_repeat)
     host, port = request.rpc_tracker
     from compile.rpc_tracker import tracker_keys, wait_for_key
 
@@ -81,6 +86,7 @@ def _runner(request: TuneRequest, profile, progress=print):
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_timeout_sec=request.session_timeout)
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=boards,
+                               f_run_evaluator=tuning.fastest_repeat_on_board,
                                f_alloc_argument=functools.partial(tuning.host_filled_arguments,
                                                                   threads=profile_threads(profile)))
 
@@ -115,6 +121,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     target = profile.tvm_target()
     db_path = Path(request.build.tuning_log or tuning.database_path(profile))
     db_path.mkdir(parents=True, exist_ok=True)
+    tuning.check_measurement(db_path, request.cache_flush)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
     found, weights = distinct_tasks(sources, request.build.int8_lowering, target, request.kinds, progress)

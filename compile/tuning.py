@@ -15,6 +15,7 @@ from compile import int8_dot
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
+MEASUREMENT_FILE = "measurement.json"  # how its candidates were timed: {"cache_flush": bool}
 KEEP_BEST = 4  # records per workload after compaction: the best, and a few to seed later searches
 
 
@@ -145,34 +146,45 @@ class TuningDatabase:
             digest.update(file.read_bytes() if file.exists() else b"")
         return digest.hexdigest()
 
-    def coverage(self, mod, target, database=None) -> tuple[list[str], list[str], dict[str, str]]:
-        """(tuned task names, untuned task names, {task name: source workload} of the tuned ones
-        whose best record was transferred from a similar task) of this module in this database."""
+    def prepare(self, mod, target):
+        """Open the database for a build of mod, note its coverage for the manifest, and say which
+        tasks it leaves to default schedules; return the records to apply: for each task of mod whose
+        fastest record came from the search (or a transfer), that record, in memory.
+
+        A task whose fastest record is a default schedule (the tuner measures each rule's schedule
+        first) gets the rule as it is now instead: the record is the rule's schedule as it was when
+        measured, and rules only get faster with the code."""
+        from tvm.s_tir import meta_schedule as ms
+
         from compile import transfer
 
-        database = database or self.open()
+        database = self.open()
         log_entries = transfer.load(self.path)
-        tuned, untuned, transferred = [], [], {}
+        applied = ms.database.MemoryDatabase()
+        tuned, by_rule, untuned, transferred = [], [], [], {}
         for task in extract_tasks(mod, target):
             workload_mod = task.dispatched[0]
             best = database.query_tuning_record(workload_mod, target, task.task_name) \
                 if database.has_workload(workload_mod) else None
-            (tuned if best is not None else untuned).append(f"{task.task_name} ({classify(task)})")
-            source = transfer.source_of(log_entries, workload_key(task), best.trace) if best is not None else None
+            name = f"{task.task_name} ({classify(task)})"
+            if best is None:
+                untuned.append(name)
+                continue
+            if not searched(best.trace):
+                by_rule.append(name)
+                continue
+            tuned.append(name)
+            applied.commit_tuning_record(ms.database.TuningRecord(
+                best.trace, applied.commit_workload(workload_mod), best.run_secs, best.target, best.args_info))
+            source = transfer.source_of(log_entries, workload_key(task), best.trace)
             if source:
                 transferred[task.task_name] = source
-        return tuned, untuned, transferred
-
-    def prepare(self, mod, target):
-        """Open the database for a build of mod, note its coverage for the manifest, and say which
-        tasks it leaves to default schedules; return the database to apply."""
-        database = self.open()
-        tuned, untuned, transferred = self.coverage(mod, target, database)
         self._last_summary = {
             "database": str(self.path),
             "fingerprint": self.fingerprint(),
-            "tasks": len(tuned) + len(untuned),
+            "tasks": len(tuned) + len(by_rule) + len(untuned),
             "tuned_tasks": len(tuned),
+            "rule_fastest": by_rule,
             "untuned": untuned,
             "transferred": transferred,
         }
@@ -183,7 +195,7 @@ class TuningDatabase:
                 f"and get default schedules: {shown}. Tune them with compile/tune.py.",
                 stacklevel=2,
             )
-        return database
+        return applied
 
     def compile(self, mod, target):
         """MetaSchedule's own compile (GPU targets: their untuned kernels get TVM's dlight rules)."""
@@ -217,6 +229,12 @@ def export_for_profile(module, profile_name: str) -> str:
     path = Path(tempfile.mkdtemp(prefix="mnv2-tune-")) / "candidate.so"
     module.export_library(str(path), fcompile=fcompile_for(load_profile(profile_name)))
     return str(path)
+
+
+def searched(trace) -> bool:
+    """Whether a record's schedule came from MetaSchedule's search (or was transferred from a searched
+    one): its trace samples tile sizes. A default schedule's trace has fixed splits."""
+    return any(inst.kind.name == "SamplePerfectTile" for inst in trace.insts)
 
 
 def records_for(database, task, limit: int) -> list:
@@ -265,6 +283,27 @@ def record_trials(path: Path, task, trials: int) -> None:
     key = workload_key(task)
     counts[key] = max(trials, counts.get(key, 0))
     file.write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
+
+
+def check_measurement(path: Path, cache_flush: bool) -> None:
+    """Keep one way of timing per database: records timed with cold caches are slower than warm ones
+    of the same code, so mixed, the warm ones would win for no reason. A database from before this
+    file was written was timed warm."""
+    import json
+
+    from compile.errors import UserError
+
+    file = Path(path) / MEASUREMENT_FILE
+    if file.exists():
+        timed_cold = json.loads(file.read_text()).get("cache_flush", False)
+    else:
+        timed_cold = False if has_database(path) else cache_flush
+    if timed_cold != cache_flush:
+        how = lambda cold: "with --cache-flush" if cold else "without --cache-flush"  # noqa: E731
+        raise UserError(f"The database {path} was timed {how(timed_cold)}; this run would time {how(cache_flush)}, "
+                        f"and records timed both ways are not comparable. Rerun {how(timed_cold)}, or give "
+                        f"another --tuning-log folder.")
+    file.write_text(json.dumps({"cache_flush": cache_flush}) + "\n")
 
 
 def compact_database(path: Path, keep: int = KEEP_BEST) -> tuple[int, int]:
@@ -317,6 +356,21 @@ def repair_database(path: Path) -> int:
             file.write_text("".join(line + "\n" for line in kept))
             dropped += len(lines) - len(kept)
     return dropped
+
+
+def fastest_repeat(rt_mod, device, evaluator_config, repeated_args) -> list[float]:
+    """MetaSchedule's evaluator, keeping only the fastest of its repeats as the candidate's time.
+    Another tenant or a background job only ever adds time, so the fastest repeat is the candidate's
+    own speed; a mean (MetaSchedule's default) lets one burst decide which schedule wins, and on this
+    project's shared machines a database made so ran 13% slower than the rules it had beaten."""
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    return [min(run_evaluator_common(rt_mod, device, evaluator_config, repeated_args))]
+
+
+def fastest_repeat_on_board(_session, rt_mod, device, evaluator_config, repeated_args) -> list[float]:
+    """fastest_repeat for MetaSchedule's RPC runner (which passes its session first)."""
+    return fastest_repeat(rt_mod, device, evaluator_config, repeated_args)
 
 
 def host_filled_arguments(session, device, args_info, alloc_repeat: int, threads: int | None = None) -> list:

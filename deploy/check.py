@@ -1,15 +1,28 @@
-"""Run a built artifact in a session and check it against LiteRT on the host, on several inputs."""
+"""Run a built artifact in a session and check it against LiteRT on the host, on several inputs.
+
+As a command: build models for this machine (as compile/build.py does, skipped when dist/ is up to
+date), run each here with TVM and compare every output with LiteRT's on three inputs.
+
+    python deploy/check.py --width 0.35 --res 96 [--dtype float32,int8]
+    python deploy/check.py --model my_model.tflite [--int8-lowering float]
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile.images import model_inputs
-from compile.manifest import LIBRARY, MODEL_COPY, Manifest
-from deploy import runner
-from deploy.reference import reference_outputs
-from deploy.verify import OutputCheck, check_outputs, pool_litert_error
+if __package__ in (None, ""):
+    # `python deploy/check.py` puts deploy/ first on sys.path; the project root takes its place.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from compile.images import model_inputs  # noqa: E402
+from compile.manifest import LIBRARY, MODEL_COPY, Manifest  # noqa: E402
+from deploy import runner  # noqa: E402
+from deploy.reference import reference_outputs  # noqa: E402
+from deploy.verify import OutputCheck, check_outputs, pool_litert_error, summarize  # noqa: E402
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -58,3 +71,50 @@ def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=Non
     outputs = [runner.run(vm, device, values) for values in input_sets]
     return ArtifactCheck(str(out_dir), compare_with_litert(out_dir / MODEL_COPY, output_names, input_sets, outputs,
                                                            manifest.model.lowering))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from compile.cli_common import add_model_flags
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(parser, default_target="host")
+    parser.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
+                        help="quantized models: integer kernels (default) or float, as in build.py")
+    parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases, as in build.py")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from compile import pipeline
+    from compile.cli_common import model_selection
+    from compile.errors import UserError
+    from compile.paths import DEFAULT_OUT
+    from deploy.session import LocalSession
+
+    args = parse_args(argv)
+    if args.target != "host":
+        raise UserError(f"check.py runs the models on this machine, so it takes --target host, not {args.target}; "
+                        f"check a build for a device on the device: deploy/bench.py --target {args.target} "
+                        f"with --rpc-tracker, --ssh or --emulated-board.")
+    requests = model_selection(args).requests(target="host", int8_lowering=args.int8_lowering,
+                                              tuning_log=args.tuning_log, no_tuning=args.no_tuning,
+                                              out=args.out or DEFAULT_OUT)
+    failed = 0
+    with LocalSession() as session:
+        for out_dir in pipeline.build_each(requests):
+            result = check_artifact(out_dir, session)
+            print(f"[check] {out_dir}: {'OK' if result.ok else 'MISMATCH'}: {summarize(result.checks)}"
+                  + ("" if result.ok else "; " + "; ".join(result.problems)))
+            failed += not result.ok
+    return 1 if failed else 0
+
+
+def cli() -> None:
+    """The console entry point (pyproject.toml's [project.scripts])."""
+    from compile.cli_common import run_main
+
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -155,9 +155,13 @@ def test_opencl_kernels_compile_with_a_real_opencl_compiler(target, tmp_path):
 
 
 @pytest.mark.slow
-def test_host_build_verifies_against_litert(tmp_path):
-    result = build(tmp_path, "--target", "host", "--width", "0.35", "--res", "96", "--verify")
+def test_host_build_checks_against_litert(tmp_path):
+    """deploy/check.py builds for this machine and compares with LiteRT; a device target is refused."""
+    result = run_cli("deploy/check.py", "--width", "0.35", "--res", "96", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
     assert ": OK: worst error against float64" in result.stdout
+    assert (tmp_path / "host" / "mnv2_0.35_96_float32" / "model.so").is_file()
+    assert_clean_error(run_cli("deploy/check.py", "--target", "rasp4b", "--out", tmp_path), "takes --target host")
 
 
 @pytest.mark.slow

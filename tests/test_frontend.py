@@ -206,7 +206,7 @@ def test_sparse_weights_are_densified_not_refused(stored, tmp_path):
     path = tmp_path / "sparse.tflite"
     path.write_bytes(serialize(graph))
     assert path.stat().st_size < weight.nbytes  # only the non-zero values are stored
-    result = run_cli("compile/build.py", "--target", "host", "--model", path, "--verify", "--out", tmp_path / "out")
+    result = run_cli("deploy/check.py", "--model", path, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert ": OK: " in result.stdout
 
@@ -258,6 +258,6 @@ def test_softmax_beta_is_applied(tmp_path):
     graph.inputs, graph.outputs = [x], [y]
     path = tmp_path / "softmax_beta.tflite"
     path.write_bytes(serialize(graph))
-    result = run_cli("compile/build.py", "--target", "host", "--model", path, "--verify", "--out", tmp_path / "out")
+    result = run_cli("deploy/check.py", "--model", path, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
     assert ": OK: worst error against float64" in result.stdout

@@ -145,13 +145,13 @@ def test_an_installed_copy_builds_from_any_folder_and_writes_nothing_into_itself
                                 str(ROOT)], capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, installed.stderr
     assert sorted(p.name for p in (site / "bin").iterdir()) == ["mnv2-bench", "mnv2-board", "mnv2-build",
-                                                                "mnv2-classify", "mnv2-tune"]
+                                                                "mnv2-check", "mnv2-classify", "mnv2-tune"]
     before = {p for p in site.rglob("*") if "__pycache__" not in p.parts}
     user = tmp_path / "user"
     user.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "MNV2_CACHE"}, "PYTHONPATH": str(site), "HOME": str(user)}
-    built = subprocess.run([str(site / "bin" / "mnv2-build"), "--target", "host", "--width", "0.35", "--res", "96",
-                            "--verify"], cwd=user, capture_output=True, text=True, env=env, timeout=600)
+    built = subprocess.run([str(site / "bin" / "mnv2-check"), "--target", "host", "--width", "0.35", "--res", "96"],
+                           cwd=user, capture_output=True, text=True, env=env, timeout=600)
     assert built.returncode == 0, built.stderr
     assert ": OK: " in built.stdout and str(site / "tuning_logs" / "host") in built.stdout + built.stderr
     assert (user / "dist" / "host" / "mnv2_0.35_96_float32" / "model.so").is_file()

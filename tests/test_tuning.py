@@ -96,16 +96,26 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     order = tune_job.tuning_order(tuning.TuningDatabase(tmp_path / "db").open(), tasks)
     assert order[-1][1] == "stem"  # the one tuned task comes after every untuned one
     assert order[0][0].task_name == max(tasks, key=lambda t: t[0].weight * tuning.task_flops(t[0]))[0].task_name
-    built = run_cli("compile/build.py", "--target", "host", "--model", small_model, "--tuning-log", tmp_path / "db",
-                    "--out", tmp_path / "dist", "--verify")
+    built = run_cli("deploy/check.py", "--model", small_model, "--tuning-log", tmp_path / "db",
+                    "--out", tmp_path / "dist")
     assert built.returncode == 0, built.stderr
     assert "get default schedules" in built.stderr  # the warning names the tasks without a record
-    assert "1/33 kernels from the database" in built.stdout
+    stem_task = next(task for task, kind in tasks if kind == "stem")
+    stem = stem_task.task_name
+    best = tuning.records_for(tuning.TuningDatabase(tmp_path / "db").open(), stem_task, 1)[0]
+    default_trace = default_schedules.schedule_for(stem_task.dispatched[0]["main"],
+                                                   load_profile("host").tvm_target())[1].trace
+    # The search usually beats the rule; where it found nothing faster, the rule's own record is the
+    # best, and the build gives the task the rule as the code has it now.
+    found = str(best.trace) != str(default_trace)
+    assert tuning.searched(best.trace) == found
+    assert f"{int(found)}/33 kernels from the database" in built.stdout
     manifest = Manifest.read(tmp_path / "dist" / "host" / small_model.stem)
-    assert manifest.tuning["tuned_tasks"] == 1 and manifest.tuning["tasks"] == 33
+    assert manifest.tuning["tuned_tasks"] == int(found) and manifest.tuning["tasks"] == 33
     assert len(manifest.tuning["untuned"]) == 32
-    assert manifest.schedules[next(t.task_name for t, kind in tasks if kind == "stem")] == "tuned"
-    assert sum(how == "tuned" for how in manifest.schedules.values()) == 1
+    assert manifest.tuning["rule_fastest"] == ([] if found else [f"{stem} (stem)"])
+    assert manifest.schedules[stem] == ("tuned" if found else "DirectConv")
+    assert sum(how == "tuned" for how in manifest.schedules.values()) == int(found)
     assert ": OK: " in built.stdout  # tuned code is still correct
     # What the library holds, not what the manifest says: against an untuned build, the stem's kernel
     # (the one tuned task) is other code, and the untuned kernels are the same code.
@@ -114,15 +124,7 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     assert plain.returncode == 0, plain.stderr
     tuned_sizes = _function_sizes(tmp_path / "dist" / "host" / small_model.stem / "model.so")
     plain_sizes = _function_sizes(tmp_path / "plain" / "host" / small_model.stem / "model.so")
-    stem_task = next(task for task, kind in tasks if kind == "stem")
-    stem = stem_task.task_name
-    best = tuning.records_for(tuning.TuningDatabase(tmp_path / "db").open(), stem_task, 1)[0]
-    default_trace = default_schedules.schedule_for(stem_task.dispatched[0]["main"],
-                                                   load_profile("host").tvm_target())[1].trace
-    if str(best.trace) == str(default_trace):  # the search found nothing faster than the default rule
-        assert tuned_sizes[stem] == plain_sizes[stem]
-    else:
-        assert tuned_sizes[stem] != plain_sizes[stem]
+    assert (tuned_sizes[stem] != plain_sizes[stem]) == found
     others = [task.task_name for task, kind in tasks if kind == "depthwise"]
     assert all(tuned_sizes[name] == plain_sizes[name] for name in others)
 
@@ -252,14 +254,34 @@ def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, host
     stem = next(task for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target())
                 if kind == "stem")
     assert list(log[tuning.workload_key(stem)].values()) == ["[1,96,96,3] x [3,3,3,16] x [16] x [1,48,48,16]"]
-    built = run_cli("compile/build.py", "--target", "host", "--model", other, "--tuning-log", tmp_path / "db",
-                    "--out", tmp_path / "dist", "--verify")
+    built = run_cli("deploy/check.py", "--model", other, "--tuning-log", tmp_path / "db", "--out", tmp_path / "dist")
     assert built.returncode == 0 and ": OK: " in built.stdout, built.stderr + built.stdout
     manifest = Manifest.read(tmp_path / "dist" / "host" / other.stem)
     best = tuning.records_for(tuning.TuningDatabase(tmp_path / "db").open(), stem, 1)[0]
     from_transfer = transfer.source_of(transfer.load(tmp_path / "db"), tuning.workload_key(stem), best.trace)
-    # The database applies whichever measured fastest: the transferred record or the default schedule.
-    assert manifest.schedules[stem.task_name] == ("transferred" if from_transfer else "tuned")
+    # The database applies whichever measured fastest: the transferred record, or the default
+    # schedule, and then the build gives the task the rule as the code has it now.
+    assert manifest.schedules[stem.task_name] == ("transferred" if from_transfer else "DirectConv")
     assert manifest.tuning["transferred"] == ({stem.task_name: from_transfer} if from_transfer else {})
     if from_transfer:
         assert "1 transferred from similar tasks" in built.stdout
+
+
+def test_a_database_keeps_one_way_of_timing(tmp_path):
+    """Records timed with cold caches (--cache-flush) and warm ones are not comparable: a database
+    keeps the way it was first timed, and one from before measurement.json was timed warm."""
+    from compile.errors import UserError
+
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    tuning.check_measurement(cold, cache_flush=True)
+    tuning.check_measurement(cold, cache_flush=True)  # the same way again: fine
+    with pytest.raises(UserError, match="timed with --cache-flush; this run would time without"):
+        tuning.check_measurement(cold, cache_flush=False)
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / tuning.WORKLOAD_FILE).write_text("")
+    with pytest.raises(UserError, match="timed without --cache-flush"):
+        tuning.check_measurement(older, cache_flush=True)
+    tuning.check_measurement(older, cache_flush=False)
+    assert json.loads((older / tuning.MEASUREMENT_FILE).read_text()) == {"cache_flush": False}
