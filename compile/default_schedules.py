@@ -187,10 +187,10 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
 
 
 def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
-    """The packed int8 1x1 conv (compile/int8_dot.py): a register block of up to 24 int32 vectors (a
-    few output pixels x a few vectors of output channels), the input channels streamed through it a
-    group at a time, each vector's products one vpdpbusd or vpmaddwd; pixel rows x channel blocks in
-    parallel."""
+    """The packed int8 1x1 conv or fully connected layer (compile/int8_dot.py; a fully connected
+    layer is one row of pixels): a register block of up to 24 int32 vectors (a few output pixels x a
+    few vectors of output channels), the input channels streamed through it a group at a time, each
+    vector's products one vpdpbusd, vpmaddwd or sdot; pixel rows x channel blocks in parallel."""
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
     if extents is None or len(loops) != 5 or _iter_kinds(sch, block) != "SSSSR":

@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")
     p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
     p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
+    p.add_argument("--remeasure", action="store_true",
+                   help="first time each task's best records and its default schedule again, replacing "
+                        "their old times (after the rules changed, or a database timed on a busy machine)")
     p.add_argument("--cache-flush", action="store_true",
                    help="flush the CPU caches before each measurement (candidates timed with cold weights, "
                         "one run per repeat) instead of timing 3 warm runs")
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
         kinds=KINDS if args.kinds == "all" else tuple(k for k in args.kinds.split(",") if k),
         rpc_tracker=parse_host_port(args.rpc_tracker, "--rpc-tracker") if args.rpc_tracker else None,
         rpc_key=args.rpc_key, session_timeout=args.session_timeout, start_from=tuple(args.start_from),
-        cache_flush=args.cache_flush,
+        cache_flush=args.cache_flush, remeasure=args.remeasure,
     )
     report = tune(request)
     by_kind: dict[str, float] = {}

@@ -39,6 +39,7 @@ class TuneRequest:
     session_timeout: int = 120  # slow boards need more than MetaSchedule's default 10 s
     start_from: tuple[Path, ...] = ()  # other databases whose records are measured here first
     cache_flush: bool = False  # time candidates with cold caches (see _runner)
+    remeasure: bool = False  # time each task's best records and its rule again (remeasure_task)
 
 
 @dataclass
@@ -142,6 +143,18 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         # --minutes stop still leaves no task whose records are slower than its default schedule.
         others = [(str(path), tuning.TuningDatabase(path).open()) for path in request.start_from]
         transfer_sources = transfer.Sources(database, target, tuning.module_flops, others)  # before this run's seeds
+        if request.remeasure:
+            first_new = tuning.record_count(db_path)
+            replaced = []
+            for step, (task, _) in zip(steps, tasks):
+                before, after, old = remeasure_task(task, target, builder, runner, database)
+                replaced += old
+                progress(f"{step}: {len(old)} record(s) and the default schedule measured again: best "
+                         + (f"{before:.3f} ms before, " if before is not None else "")
+                         + (f"{after:.3f} ms now" if after is not None else "none valid now"))
+            dropped = tuning.drop_replaced(db_path, first_new, replaced)
+            database = tuning.TuningDatabase(db_path).open()  # the old times are gone from the files
+            progress(f"[tune] --remeasure: {dropped} records' old times replaced by this run's")
         for step, (task, _) in zip(steps, tasks):
             seeded = seed_default_schedule(task, target, builder, runner, database)
             if seeded is not None:
@@ -210,6 +223,38 @@ def seed_default_schedule(task, target, builder, runner, database) -> tuple[str,
     if any(str(record.trace) == trace for record in tuning.records_for(database, task, 10**6)):
         return None
     return rule, measure_into_database(sch, task, target, builder, runner, database)
+
+
+def remeasure_task(task, target, builder, runner, database, keep: int = tuning.KEEP_BEST):
+    """Measure the task's `keep` fastest records and its default schedule as the rules give it now
+    again, each into the database as a new record: a database ages, as rules improve and as times
+    taken on a busy machine or with an older way of timing stay in it. Returns (best ms before,
+    best ms now, the old records measured again, which the caller drops from the files)."""
+    from tvm import s_tir
+
+    workload_mod = task.dispatched[0]
+    old = tuning.records_for(database, task, keep)
+    before = tuning.mean_seconds(old[0].run_secs) * 1e3 if old and old[0].run_secs else None
+    schedules, replaced = [], []
+    chosen = default_schedules.schedule_for(workload_mod["main"], target)
+    if chosen is not None:
+        schedules.append(chosen[1])
+        # The rule's own record (the same trace) is replaced too, wherever it ranks.
+        replaced += [r for r in tuning.records_for(database, task, 10**6) if str(r.trace) == str(chosen[1].trace)]
+    for record in old:
+        if any(str(record.trace) == str(r.trace) for r in replaced):
+            continue
+        sch = s_tir.Schedule(workload_mod)
+        try:
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+        except Exception:  # noqa: BLE001 - TVM raises several kinds; such a record cannot be timed again
+            continue
+        schedules.append(sch)
+        replaced.append(record)
+    times = [t for t in (measure_into_database(sch, task, target, builder, runner, database) for sch in schedules)
+             if t is not None]
+    key = tuning.workload_key(task)
+    return before, min(times, default=None), [(key, [float(t) for t in r.run_secs or []]) for r in replaced]
 
 
 def transfer_records(sources, task, target, builder, runner, database, db_path: Path, step: str,

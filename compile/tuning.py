@@ -306,6 +306,32 @@ def check_measurement(path: Path, cache_flush: bool) -> None:
     file.write_text(json.dumps({"cache_flush": cache_flush}) + "\n")
 
 
+def record_count(path: Path) -> int:
+    file = Path(path) / RECORD_FILE
+    return len(file.read_text().splitlines()) if file.exists() else 0
+
+
+def drop_replaced(path: Path, first_new: int, replaced: list[tuple[str, list[float]]]) -> int:
+    """Remove the records measured again, (workload key, run seconds) each, from the lines before
+    `first_new` of the records file (the ones after are this run's); returns how many went."""
+    import json
+    import math
+
+    workloads = [str(json.loads(line)[0]) for line in (Path(path) / WORKLOAD_FILE).read_text().splitlines()]
+    file = Path(path) / RECORD_FILE
+    lines = file.read_text().splitlines()
+
+    def is_replaced(line: str) -> bool:
+        index, (_, run_secs, *_) = json.loads(line)
+        return any(workloads[index] == key and len(run_secs or []) == len(secs)
+                   and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(run_secs, secs))
+                   for key, secs in replaced)
+
+    kept = [line for line in lines[:first_new] if not is_replaced(line)]
+    file.write_text("".join(line + "\n" for line in kept + lines[first_new:]))
+    return first_new - len(kept)
+
+
 def compact_database(path: Path, keep: int = KEEP_BEST) -> tuple[int, int]:
     """Keep each workload's `keep` fastest valid records, and only workloads that have one; the
     trials each had are kept in trials.json, so a rerun still skips tasks tuned enough. Loading

@@ -285,3 +285,27 @@ def test_a_database_keeps_one_way_of_timing(tmp_path):
         tuning.check_measurement(older, cache_flush=True)
     tuning.check_measurement(older, cache_flush=False)
     assert json.loads((older / tuning.MEASUREMENT_FILE).read_text()) == {"cache_flush": False}
+
+
+@pytest.mark.slow
+def test_remeasure_replaces_times_that_no_longer_hold(tmp_path, small_model, host_stem_db):
+    """A record timed impossibly fast (as a lucky moment on a busy machine, or an older way of timing,
+    leaves one) wins every build until --remeasure times it again: then its old time is gone from
+    the files, and the stem's best is a real time again."""
+    shutil.copytree(host_stem_db, tmp_path / "db")
+    records = tmp_path / "db" / tuning.RECORD_FILE
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    index, (trace, run_secs, *rest) = lines[0]
+    lucky = [index, [trace, [1e-9] * len(run_secs), *rest]]
+    records.write_text("".join(json.dumps(line) + "\n" for line in [lucky, *lines[1:]]))
+    mod, _ = load_relax(small_model)
+    stem = next(task for task, kind in tuning.classified_tasks(mod, load_profile("host").tvm_target())
+                if kind == "stem")
+    assert tuning.best_seconds(tuning.TuningDatabase(tmp_path / "db").open(), stem) == pytest.approx(1e-9)
+    again = tune(tmp_path, small_model, "--target", "host", "--trials", "0", "--remeasure")
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert re.search(r"\(stem, x1\): \d record\(s\) and the default schedule measured again: best 0\.000 ms "
+                     r"before, [0-9.]+ ms now", again.stdout), again.stdout
+    assert "1e-09" not in records.read_text()
+    best = tuning.best_seconds(tuning.TuningDatabase(tmp_path / "db").open(), stem)
+    assert 1e-6 < best < 1.0
