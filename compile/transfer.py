@@ -107,6 +107,10 @@ class Sources:
                 # Without the source's post-processing (its parallel, vectorized and unrolled loops
                 # were made for its own extents): MetaSchedule's own, run again on these loops.
                 record.trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=adapt)
+                # Marked as post-processing, as MetaSchedule marks its own: a search that starts from
+                # this record replays the trace without them and runs them again. Unmarked, their
+                # instructions were replayed on loops they no longer fit (an RPC search failed on it).
+                sch.enter_postproc()
                 if not all(postproc.apply(sch) for postproc in postprocs):
                     continue
             except Exception:  # noqa: BLE001 - a trace that does not fit this task is no candidate
