@@ -117,7 +117,7 @@ def main() -> int:
         specs = [(v.width, v.resolution) for v in official_variants()]
     else:
         specs = [(float(w), int(r)) for w, r in (spec.split("/") for spec in args.variants.split(","))]
-    database = tuning.TuningDatabase(tuning.database_path(load_profile("host")))
+    has_database = tuning.has_database(tuning.database_path(load_profile("host")))  # this CPU class may have none
     target = load_profile("host").tvm_target()
     rows = []
     runs = [(width, res, dtype) for width, res in specs for dtype in args.dtypes.split(",")]
@@ -132,9 +132,8 @@ def main() -> int:
         default_dir, manifest = build("default", True)
         mod = load_relax(default_dir / "model.tflite")[0]
         tasks = tuning.classified_tasks(mod, target)
-        # The kernels the database gives a searched or transferred record (this CPU class may have none).
-        database_dir, database_manifest = build("database", False) if tuning.has_database(database.path) \
-            else (None, None)
+        # The kernels the database gives a searched or transferred record, as its build counts them.
+        database_dir, database_manifest = build("database", False) if has_database else (None, None)
         covered = database_manifest.tuning["tuned_tasks"] if database_manifest is not None else 0
         inputs = model_inputs(manifest.inputs, seed=0)
         invokers = {"default": tvm_invoker(default_dir, inputs),

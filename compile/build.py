@@ -21,21 +21,18 @@ if __package__ in (None, ""):
     # libraries; the project root takes its place so `compile`, `deploy` and `targets` import.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_model_flags, run_main  # noqa: E402
+from compile.cli_common import add_lowering_flags, add_model_flags, run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(parser, default_target="arm_cpu")
-    parser.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
-                        help="quantized models: integer kernels (default; bit-exact with TFLite's reference "
-                             "kernels) or float (TVM's dequantize -> float op -> quantize)")
+    add_lowering_flags(parser)
     parser.add_argument("--labels", type=Path, metavar="FILE.txt",
                         help="class names, one per line in output order: shipped as labels.txt for apps")
     parser.add_argument("--input-range", default="-1,1", metavar="LO,HI",
                         help="what the model's input expects for pixel values 0..255, for apps (default -1,1: "
                              "MobileNetV2's x / 127.5 - 1)")
-    parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases (every kernel gets its default schedule)")
     parser.add_argument("--bundle-runtime", action="store_true",
                         help="copy the TVM runtime libraries an app needs into runtime/ beside the model "
                              "(Linux x86_64 and aarch64 targets; see the README's Ship it)")

@@ -83,6 +83,16 @@ def add_model_flags(parser: argparse.ArgumentParser, default_target: str) -> Non
     what.add_argument("--out", type=Path, help="artifact folder: dist/<target>/<model>/ (default: dist/)")
 
 
+def add_lowering_flags(parser: argparse.ArgumentParser, no_tuning: bool = True) -> None:
+    """--int8-lowering (and --no-tuning), the same in every command that builds models."""
+    parser.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
+                        help="quantized models: integer kernels (default; bit-exact with TFLite's reference "
+                             "kernels) or float (TVM's dequantize -> float op -> quantize)")
+    if no_tuning:
+        parser.add_argument("--no-tuning", action="store_true",
+                            help="ignore tuning databases (every kernel gets its default schedule)")
+
+
 def model_selection(args):
     """The ModelSelection the flags of add_model_flags chose."""
     from compile.pipeline import ModelSelection

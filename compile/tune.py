@@ -20,14 +20,13 @@ if __package__ in (None, ""):
     # `python compile/tune.py` puts compile/ first on sys.path; the project root takes its place.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_model_flags, run_main  # noqa: E402
+from compile.cli_common import add_lowering_flags, add_model_flags, run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(p, default_target="host")
-    p.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
-                   help="quantized models: integer kernels (default) or float (TVM's dequantize path)")
+    add_lowering_flags(p, no_tuning=False)
     p.add_argument("--trials", type=int, default=32, help="measured candidates per task (default 32); 0: "
                    "only the default schedules and the records transferred from similar tasks")
     p.add_argument("--minutes", type=float, help="start no new task after this many minutes")

@@ -74,13 +74,11 @@ def check_artifact(out_dir: str | Path, session, seeds=DEFAULT_SEEDS, inputs=Non
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from compile.cli_common import add_model_flags
+    from compile.cli_common import add_lowering_flags, add_model_flags
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(parser, default_target="host")
-    parser.add_argument("--int8-lowering", default="integer", choices=("integer", "float"),
-                        help="quantized models: integer kernels (default) or float, as in build.py")
-    parser.add_argument("--no-tuning", action="store_true", help="ignore tuning databases, as in build.py")
+    add_lowering_flags(parser)
     return parser.parse_args(argv)
 
 
