@@ -186,11 +186,61 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
     return True
 
 
+def _register_block(pixels: int, vectors: int, registers: int, reserved: int, broadcast_cost: float = 1,
+                    per_accumulator: float = 1, max_accumulators: int = 24) -> tuple[int, int]:
+    """(pixels, vectors) of a register block: per step of the reduction it costs one broadcast per
+    pixel, one weight load per vector and per accumulator one instruction or more. The block with the
+    most products per instruction that fits the registers (accumulators + weight vectors + reserved)
+    wins, among those that divide the pixels and the vectors (no remainder loops)."""
+    fitting = [(p, v) for v in range(1, min(vectors, 8) + 1) if vectors % v == 0
+               for p in range(1, min(pixels, 16) + 1) if pixels % p == 0
+               and p * v + v + reserved <= registers and p * v <= max_accumulators]
+    return max(fitting, key=lambda pv: (
+        pv[0] * pv[1] / (pv[0] * broadcast_cost + pv[1] + pv[0] * pv[1] * per_accumulator), pv[1]))
+
+
+def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
+    """A 1x1 conv NHWC is a GEMM: a register block of a few pixels of a row x a few vectors of output
+    channels, sized to the registers, the input channels streamed through it. The larger operand is
+    read once: where the weights outweigh the input (late layers, 7 x 7 x 960 -> 160: 614 KB of
+    weights, 188 KB of input) the channel blocks are outermost and each block's weights stay in cache
+    while every pixel passes; elsewhere the pixel rows are outermost."""
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    extents = _extents(sch, loops)
+    if extents is None or kinds != "SSSSRRR" or len(loops) != 7:
+        return schedule_reduction(sch, block, shape, Tiling(8, 2))
+    for producer in sch.get_producers(block):  # padding: read through it, no padded copy
+        _try(lambda p=producer: sch.compute_inline(p))
+    epilogue = _epilogue(sch, block)
+    n, h, w, channel, *reduction = loops
+    channels = extents[3]
+    width = _vector_width(channels, shape.lanes(sch.get(block).writes[0].source.dtype.bits))
+    # 16 accumulators at most: on AVX-512, 24 made 1.0/224 float32 5% slower than 8-16 (one run).
+    pixels, vectors = _register_block(extents[2], channels // width, shape.registers, reserved=1,
+                                      max_accumulators=16)
+    w_outer, w_inner = sch.split(w, [None, pixels])
+    c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, width])
+    weights_outweigh_input = channels > extents[0] * extents[1] * extents[2]
+    outer = [c_outer, n, h, w_outer] if weights_outweigh_input else [n, h, w_outer, c_outer]
+    sch.reorder(*outer, *reduction, w_inner, c_vectors, c_lanes)
+    tile = sch.fuse(*outer)
+    sch.parallel(tile)
+    sch.unroll(w_inner)
+    sch.unroll(c_vectors)
+    sch.vectorize(c_lanes)
+    init = sch.decompose_reduction(block, reduction[0])
+    _vectorize_innermost(sch, init, shape)
+    _place_epilogue(sch, block, epilogue, tile, shape)
+    return True
+
+
 def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     """The packed int8 1x1 conv or fully connected layer (compile/int8_dot.py; a fully connected
     layer is one row of pixels): a register block of up to 24 int32 vectors (a few output pixels x a
     few vectors of output channels), the input channels streamed through it a group at a time, each
-    vector's products one vpdpbusd, vpmaddwd or sdot; pixel rows x channel blocks in parallel."""
+    vector's products one vpdpbusd, vpmaddwd or sdot; pixel rows x channel blocks in parallel, in the
+    order that reads the larger operand once (as schedule_pointwise)."""
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
     if extents is None or len(loops) != 5 or _iter_kinds(sch, block) != "SSSSR":
@@ -198,21 +248,19 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     batch, height, width, channel, reduction = loops
     blocks, _, lanes, group = (int(d) for d in sch.get(block).reads[1].source.shape)
     epilogue = _epilogue(sch, block)
-    # Per input-channel group a (pixels x vectors) block costs: one broadcast per pixel (load, XOR
-    # or sign-extend, broadcast), one weight load per vector, and per accumulator one instruction
-    # (vpdpbusd, sdot) or two (vpmaddwd + vpaddd). The block with the most products per instruction that
-    # fits the registers (accumulators + weight vectors + the broadcast) wins.
+    # Per input-channel group: one broadcast per pixel (load, XOR or sign-extend, broadcast), one
+    # weight load per vector, per accumulator one instruction (vpdpbusd, sdot) or two (vpmaddwd + vpaddd).
     form = int8_dot.FORMS[lanes, group]
-    broadcast, per_accumulator = form.broadcast_cost, form.instructions_per_vector
-    blocks_fitting = [(p, v) for v in range(1, 9) if blocks % v == 0 for p in range(1, 17)
-                      if extents[2] % p == 0 and p * v + v + 2 <= shape.registers and p * v <= 24]
-    pixels, vectors = max(blocks_fitting, key=lambda pv: (
-        pv[0] * pv[1] / (pv[0] * broadcast + pv[1] + pv[0] * pv[1] * per_accumulator), pv[1]))
+    pixels, vectors = _register_block(extents[2], blocks, shape.registers, reserved=2,
+                                      broadcast_cost=form.broadcast_cost,
+                                      per_accumulator=form.instructions_per_vector)
     w_outer, w_inner = sch.split(width, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
     k_outer, k_inner = sch.split(reduction, [None, group])
-    sch.reorder(batch, height, w_outer, c_outer, k_outer, w_inner, c_vectors, c_lanes, k_inner)
-    tile = sch.fuse(batch, height, w_outer, c_outer)
+    weights_outweigh_input = extents[3] > extents[0] * extents[1] * extents[2]  # as in schedule_pointwise
+    outer = [c_outer, batch, height, w_outer] if weights_outweigh_input else [batch, height, w_outer, c_outer]
+    sch.reorder(*outer, k_outer, w_inner, c_vectors, c_lanes, k_inner)
+    tile = sch.fuse(*outer)
     sch.parallel(tile)
     init = sch.decompose_reduction(block, k_outer)
     _vectorize_innermost(sch, init, shape)
@@ -335,8 +383,9 @@ KERNEL_RULES = (
     ("PointwiseDot", "packed_dot", schedule_packed_dot,
      "int8 1x1 conv or fully connected layer packed for dot products (x86 VNNI, AVX2; ARM sdot): "
      "4 or 2 input channels per int32 lane."),
-    ("Pointwise", "pointwise", _tiled(8, 2),
-     "1x1 conv = GEMM: each weight row of 2 vectors of output channels is reused by up to 8 pixels."),
+    ("Pointwise", "pointwise", schedule_pointwise,
+     "1x1 conv = GEMM: a block of pixels x vectors of output channels sized to the registers, the "
+     "larger of weights and input read once."),
     ("Depthwise", "depthwise", _tiled(4, 1),
      "3x3 depthwise: 9 taps of one channel vector; few pixels per block, since every tap is a load."),
     ("DirectConv", "conv", _tiled(8, 2),

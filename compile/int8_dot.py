@@ -53,7 +53,7 @@ class DotForm:
 
 VNNI_512 = DotForm(16, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.512", 2, 1)
 VNNI_256 = DotForm(8, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.256", 2, 1)  # also AVX-VNNI's encoding
-MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd", 4, 2)
+MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd", 2, 2)
 SDOT_128 = DotForm(4, 4, "int8", 0, "llvm.aarch64.neon.sdot.v4i32.v16i8", 1, 1)  # Armv8.2 dotprod
 FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128)}
 
@@ -131,10 +131,12 @@ def _one_instruction(form: DotForm, A, B, C):
         quad = tirx.reinterpret("int32", A.vload([0], "int8x4"))
         return call(accumulators, tirx.reinterpret(f"int8x{lanes * 4}", tirx.Broadcast(quad, lanes)),
                     B.vload([0, 0], dtype=f"int8x{lanes * 4}"))
-    # vpmaddwd: two int16 products per lane, the activations sign-extended to int16
-    pair = tirx.reinterpret("int32", A.vload([0], "int8x2").astype("int16x2"))
-    return accumulators + call(tirx.reinterpret(f"int16x{lanes * 2}", tirx.Broadcast(pair, lanes)),
-                               B.vload([0, 0], dtype=f"int16x{lanes * 2}"))
+    # vpmaddwd: two int16 products per lane. The activations' two bytes are broadcast first and
+    # sign-extended after (vpbroadcastw, vpmovsxbw): two instructions, where extending each byte and
+    # then broadcasting the pair took four.
+    pair = tirx.reinterpret("int16", A.vload([0], "int8x2"))
+    spread = tirx.reinterpret(f"int8x{lanes * 2}", tirx.Broadcast(pair, lanes)).astype(f"int16x{lanes * 2}")
+    return accumulators + call(spread, B.vload([0, 0], dtype=f"int16x{lanes * 2}"))
 
 
 def register_intrinsics() -> None:

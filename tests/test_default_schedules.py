@@ -167,8 +167,9 @@ def _run_without_rules(mod, *arrays):
 
 
 def test_rules_follow_the_targets_vector_width():
-    """The register block is whole vectors of the target: 2 x 8 floats on AVX2, 2 x 16 on AVX-512,
-    2 x 4 on NEON (128-bit); the scheduled loops show it (the vectors unrolled, each one vectorized)."""
+    """The register block is whole vectors of the target (8 floats on AVX2, 16 on AVX-512, 4 on NEON)
+    and fits its register file with the weight vectors and the broadcast (16 on AVX2, 32 on AVX-512
+    and AArch64): the scheduled loops show it (pixels and vectors unrolled, each vector vectorized)."""
     import tvm
 
     from compile import tuning
@@ -188,17 +189,22 @@ def test_rules_follow_the_targets_vector_width():
         shapes[name + " block"] = _vectorized_extent(kernel)
     assert (shapes["avx2"].vector_bits, shapes["avx512"].vector_bits, shapes["neon"].vector_bits) == (256, 512, 128)
     assert (shapes["avx2"].registers, shapes["avx512"].registers, shapes["neon"].registers) == (16, 32, 32)
-    assert (shapes["avx2 block"], shapes["avx512 block"], shapes["neon block"]) == ((2, 8), (2, 16), (2, 4))
+    assert [shapes[name + " block"][2] for name in ("avx2", "avx512", "neon")] == [8, 16, 4]
+    for name in ("avx2", "avx512", "neon"):
+        pixels, vectors, _ = shapes[name + " block"]
+        assert pixels * vectors >= 4, name  # enough independent sums to hide the FMA latency
+        assert pixels * vectors + vectors + 1 <= shapes[name].registers, name
 
 
-def _vectorized_extent(func) -> tuple[int, int]:
-    """(vectors, lanes) of the conv's register block: an unrolled loop over a vectorized one."""
+def _vectorized_extent(func) -> tuple[int, int, int]:
+    """(pixels, vectors, lanes) of the conv's register block: two unrolled loops over a vectorized one."""
     import re
 
-    extents = re.findall(r"in T\.unroll\(T\.int64\((\d+)\)\):\n\s*for \w+ in T\.vectorized\(T\.int64\((\d+)\)\)"
+    unroll = r"\s*for \w+ in T\.unroll\(T\.int64\((\d+)\)\):\n"
+    extents = re.findall(unroll + unroll + r"\s*for \w+ in T\.vectorized\(T\.int64\((\d+)\)\)"
                          r":\n(?:.*\n){0,3}?.*conv2d_nhwc_update", func.script())
     assert extents, func.script()
-    return int(extents[0][0]), int(extents[0][1])
+    return tuple(int(e) for e in extents[0])
 
 
 def test_a_reduction_no_rule_takes_is_reported_unscheduled_and_stays_correct():
