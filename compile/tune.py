@@ -76,8 +76,10 @@ def main(argv=None) -> int:
         if task.best_ms is not None:
             by_kind[task.kind] = by_kind.get(task.kind, 0.0) + task.best_ms * task.weight
     done_before = sum(task.skipped for task in report.tasks)
+    searched = "no search, --trials 0" if args.trials == 0 else \
+        f"{len(report.tasks) - done_before} tasks tuned now, {done_before} done before"
     print(f"[tune] {'stopped by --minutes' if report.stopped_early else 'done'} in {report.seconds / 60:.1f} min "
-          f"({len(report.tasks) - done_before} tasks tuned now, {done_before} done before); "
+          f"({searched}); "
           "estimated time per inference by kind: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(by_kind.items())))
     return 0
 

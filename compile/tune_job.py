@@ -167,6 +167,9 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
                 transfer_records(transfer_sources, task, target, builder, runner, database, db_path, step, progress)
         if request.trials == 0:
             progress("[tune] --trials 0: default schedules and transfers measured, no search")
+            report.tasks += [TaskReport(task.task_name, kind, weight, tuning.searched_trials(db_path, task),
+                                        _ms(tuning.best_seconds(database, task)), skipped=True)
+                             for weight, (task, kind) in zip(calls, tasks)]
             tasks = []
         # Trials left in this run, for the ETA: what each task still needs, at the pace measured so far.
         trials_left = sum(max(request.trials - tuning.trials_done(db_path, database, task, request.trials), 0)
