@@ -125,7 +125,7 @@ class Tiling:
 
     max_pixel_block: int  # output positions per register block (1 for pooling and dense rows)
     vector_blocks: int  # vectors of output channels per register block
-    unroll_taps: bool = False  # unroll the reduction where 32 registers hold the block and its loads
+    unroll_taps: bool = False  # unroll up to 9 taps (a 3x3 window) on CPUs with 32 vector registers
 
 
 def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
@@ -180,7 +180,7 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
         for loop in register_block[:-1]:
             sch.unroll(loop)
         sch.vectorize(register_block[-1])  # before decompose_reduction: TVM refuses it on the update alone
-    if tiling.unroll_taps and shape.registers >= 32:
+    if tiling.unroll_taps and not dot_product and shape.registers >= 32 and math.prod(extents[n_spatial:]) <= 9:
         for loop in reduction:
             sch.unroll(loop)
     if reduction:
@@ -195,7 +195,8 @@ def _register_block(pixels: int, vectors: int, registers: int, reserved: int, br
     """(pixels, vectors) of a register block: per step of the reduction it costs one broadcast per
     pixel, one weight load per vector and per accumulator one instruction or more. The block with the
     most products per instruction that fits the registers (accumulators + weight vectors + reserved)
-    wins, among those that divide the pixels and the vectors (no remainder loops)."""
+    wins, among those that divide the pixels and the vectors (no remainder loops); of equals, the one
+    with more vectors."""
     fitting = [(p, v) for v in range(1, min(vectors, 8) + 1) if vectors % v == 0
                for p in range(1, min(pixels, 16) + 1) if pixels % p == 0
                and p * v + v + reserved <= registers and p * v <= max_accumulators]
@@ -203,16 +204,28 @@ def _register_block(pixels: int, vectors: int, registers: int, reserved: int, br
         pv[0] * pv[1] / (pv[0] * broadcast_cost + pv[1] + pv[0] * pv[1] * per_accumulator), pv[1]))
 
 
+def _gemm_tiles(sch, pixel_loops: list, c_outer, pixels: int, channels: int, inner: list):
+    """The loops outside a 1x1 conv's register block, fused into one parallel loop, in the order that
+    reads the larger operand once: where the weights outweigh the input (more output channels than
+    pixels: the late layers, 7 x 7 x 960 -> 160 has 614 KB of weights and 188 KB of input) the
+    channel blocks are outermost, so each block's weights stay in cache while every pixel passes;
+    elsewhere the pixel rows are."""
+    outer = [c_outer, *pixel_loops] if channels > pixels else [*pixel_loops, c_outer]
+    sch.reorder(*outer, *inner)
+    tile = sch.fuse(*outer)
+    if int(sch.get(tile).extent) > 1:
+        sch.parallel(tile)
+    return tile
+
+
 def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
     """A 1x1 conv NHWC is a GEMM: a register block of a few pixels of a row x a few vectors of output
-    channels, sized to the registers, the input channels streamed through it. The larger operand is
-    read once: where the weights outweigh the input (late layers, 7 x 7 x 960 -> 160: 614 KB of
-    weights, 188 KB of input) the channel blocks are outermost and each block's weights stay in cache
-    while every pixel passes; elsewhere the pixel rows are outermost."""
+    channels, sized to the registers, the input channels streamed through it (_gemm_tiles)."""
     kinds = _iter_kinds(sch, block)
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
-    if extents is None or kinds != "SSSSRRR" or len(loops) != 7:
+    int8_on_sdot = shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
+    if extents is None or kinds != "SSSSRRR" or len(loops) != 7 or int8_on_sdot:
         return schedule_reduction(sch, block, shape, Tiling(8, 2))
     for producer in sch.get_producers(block):  # padding: read through it, no padded copy
         _try(lambda p=producer: sch.compute_inline(p))
@@ -225,11 +238,8 @@ def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
                                       max_accumulators=16)
     w_outer, w_inner = sch.split(w, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, width])
-    weights_outweigh_input = channels > extents[0] * extents[1] * extents[2]
-    outer = [c_outer, n, h, w_outer] if weights_outweigh_input else [n, h, w_outer, c_outer]
-    sch.reorder(*outer, *reduction, w_inner, c_vectors, c_lanes)
-    tile = sch.fuse(*outer)
-    sch.parallel(tile)
+    tile = _gemm_tiles(sch, [n, h, w_outer], c_outer, math.prod(extents[:3]), channels,
+                       [*reduction, w_inner, c_vectors, c_lanes])
     sch.unroll(w_inner)
     sch.unroll(c_vectors)
     sch.vectorize(c_lanes)
@@ -243,8 +253,7 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     """The packed int8 1x1 conv or fully connected layer (compile/int8_dot.py; a fully connected
     layer is one row of pixels): a register block of up to 24 int32 vectors (a few output pixels x a
     few vectors of output channels), the input channels streamed through it a group at a time, each
-    vector's products one vpdpbusd, vpmaddwd or sdot; pixel rows x channel blocks in parallel, in the
-    order that reads the larger operand once (as schedule_pointwise)."""
+    vector's products one vpdpbusd, vpmaddwd or sdot; the tiles in parallel (_gemm_tiles)."""
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
     if extents is None or len(loops) != 5 or _iter_kinds(sch, block) != "SSSSR":
@@ -261,11 +270,8 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     w_outer, w_inner = sch.split(width, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
     k_outer, k_inner = sch.split(reduction, [None, group])
-    weights_outweigh_input = extents[3] > extents[0] * extents[1] * extents[2]  # as in schedule_pointwise
-    outer = [c_outer, batch, height, w_outer] if weights_outweigh_input else [batch, height, w_outer, c_outer]
-    sch.reorder(*outer, k_outer, w_inner, c_vectors, c_lanes, k_inner)
-    tile = sch.fuse(*outer)
-    sch.parallel(tile)
+    tile = _gemm_tiles(sch, [batch, height, w_outer], c_outer, math.prod(extents[:3]), extents[3],
+                       [k_outer, w_inner, c_vectors, c_lanes, k_inner])
     init = sch.decompose_reduction(block, k_outer)
     _vectorize_innermost(sch, init, shape)
     sch.unroll(w_inner)
@@ -391,8 +397,8 @@ KERNEL_RULES = (
      "1x1 conv = GEMM: a block of pixels x vectors of output channels sized to the registers, the "
      "larger of weights and input read once."),
     ("Depthwise", "depthwise", _tiled(8, 1, unroll_taps=True),
-     "3x3 depthwise: 9 taps of one channel vector for up to 8 pixels, the taps unrolled where the "
-     "registers allow (neighbouring pixels share input loads): 1.0/224 int8 2.43 -> 2.27 ms on znver4."),
+     "3x3 depthwise: 9 taps of one channel vector for up to 8 pixels, the taps unrolled where 32 "
+     "registers allow it (neighbouring pixels share input loads)."),
     ("DirectConv", "conv", _tiled(8, 2),
      "A full conv over few input channels (the 3x3 stem over RGB)."),
     ("Dense", "dense", _tiled(1, 8),
