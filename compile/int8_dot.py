@@ -16,9 +16,10 @@ into each int32 lane in one instruction:
 - the weights packed as [N / lanes, K / group, lanes, group] once at compile time (they are
   constants).
 
-`pack_pointwise` is the Relax pass that rewrites each int8 1x1 stride-1 conv, and each fully
-connected layer (a 1x1 conv over its rows), into that form (a call to one PrimFunc whose reduction
-block is named after `BLOCKS`, then the correction); the default schedule rule
+`pack_dot_products` is the Relax pass that rewrites each int8 1x1 stride-1 conv, each fully
+connected layer (a 1x1 conv over its rows) and each conv over at most 4 input channels (the stem:
+each kernel tap's channels, padded to 4, one group) into that form (a call to one PrimFunc whose
+reduction block is named after `BLOCKS`, then the correction); the default schedule rule
 (compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products with
 `intrinsic(form)`. Other CPUs keep the plain integer conv and matmul. Results are the same integers.
 """
@@ -31,7 +32,7 @@ import numpy as np
 
 # The packed kernel's reduction block, by the layer it comes from: how the schedule rule finds it
 # and the tuner tells a 1x1 conv from the classifier.
-BLOCKS = {"pointwise": "pointwise_dot", "dense": "dense_dot"}
+BLOCKS = {"pointwise": "pointwise_dot", "dense": "dense_dot", "stem": "stem_dot"}
 
 
 @dataclass(frozen=True)
@@ -155,17 +156,44 @@ def packed_weights(weight: np.ndarray, form: DotForm) -> np.ndarray:
     return np.ascontiguousarray(packed).astype(form.weight_dtype)
 
 
-def _packed_pointwise(data, packed, shift: int, name: str):
+def _packed_conv(data, packed, shift: int, name: str, kernel=(1, 1), stride=(1, 1), pixel_bytes: int = 0,
+                 pixels: int = 0):
+    """The int32 sums of a conv whose reduction runs over (tap, 4 bytes) in the packed weights' order.
+    A 1x1 conv reads NHWC data; a stem reads rows of bytes (_stem_rows) of `pixels` pixels, each tap's
+    group the 4 bytes from its pixel's first: its pixel_bytes channels and then the next pixel's,
+    whose weights are 0."""
     from tvm import te
 
-    batch, height, width, k = data.shape
     blocks, _, lanes, group = packed.shape
-    r = te.reduce_axis((0, k), name="k")
+    (kh, kw), (sh, sw) = kernel, stride
+    if pixel_bytes:
+        (batch, height, _), width, depth = data.shape, pixels, 4
+    else:
+        batch, height, width, depth = data.shape
+    r = te.reduce_axis((0, kh * kw * depth), name="k")
+
+    def pixel(b, h, w, r):
+        if not pixel_bytes:
+            return data[b, h * sh, w * sw, r]
+        tap = r // 4
+        return data[b, h * sh + tap // kw, (w * sw + tap % kw) * pixel_bytes + r % 4]
+
     return te.compute(
-        (batch, height, width, blocks * lanes),
-        lambda b, h, w, n: te.sum(_shifted(data[b, h, w, r].astype("int32"), shift)
+        (batch, (height - kh) // sh + 1, (width - kw) // sw + 1, blocks * lanes),
+        lambda b, h, w, n: te.sum(_shifted(pixel(b, h, w, r).astype("int32"), shift)
                                   * packed[n // lanes, r // group, n % lanes, r % group].astype("int32"), axis=r),
         name=name)
+
+
+def _stem_rows(data):
+    """NHWC over at most 4 channels as rows of bytes, [N, H, W x C + 4 - C] rounded up to whole 16-byte
+    vectors: a stem's tap reads 4 bytes from its pixel's first without running past its row."""
+    from tvm import te, tirx
+
+    batch, height, width, channels = (int(d) for d in data.shape)
+    row = -(-(width * channels + 4 - channels) // 16) * 16
+    return te.compute((batch, height, row), lambda b, h, j: tirx.if_then_else(
+        j < width * channels, data[b, h, j // channels, j % channels], tirx.const(0, data.dtype)), name="stem_rows")
 
 
 def _int8_constant_weight(call) -> bool:
@@ -187,6 +215,23 @@ def _conv_weight(call) -> np.ndarray | None:
     return weight if weight.shape[:2] == (1, 1) else None
 
 
+def _stem_weight(call) -> np.ndarray | None:
+    """An int8 NHWC conv over at most 4 input channels (the stem over RGB), any kernel and stride, on
+    constant HWIO weights and a padded input: its weights with the input channels padded to 4, so
+    that each kernel tap is one group of 4 products (the input is padded the same way), as
+    [1, 1, taps x 4, N]; else None. Widened to 32-bit lanes, 1.0/224's int8 stem was 9% of the model."""
+    attrs = call.attrs
+    if (not _int8_constant_weight(call) or attrs.groups != 1
+            or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
+            or any(int(d) != 1 for d in attrs.dilation) or any(int(p) for p in attrs.padding)):
+        return None
+    weight = call.args[1].value.numpy()
+    kh, kw, cin, n = weight.shape
+    if cin > 4 or (kh, kw) == (1, 1):
+        return None
+    return np.pad(weight, [(0, 0), (0, 0), (0, 4 - cin), (0, 0)]).reshape(1, 1, kh * kw * 4, n)  # 0 x next pixel
+
+
 def _dense_weight(call) -> np.ndarray | None:
     """The [K, N] weights of an int8 [M, K] x [K, N] matmul call as HWIO [1, 1, K, N], else None."""
     data, weight = call.args
@@ -201,38 +246,44 @@ def _form_for(weight: np.ndarray, forms: list[DotForm]) -> DotForm | None:
     return next((f for f in forms if n % f.lanes == 0 and k % f.group == 0), None)
 
 
-def pack_pointwise(target):
-    """The Relax pass (before legalization): int8 1x1 convs and fully connected layers -> packed
-    dot-product form on x86 targets with AVX2 or VNNI and AArch64 ones with dotprod; on others it
-    changes nothing."""
+def pack_dot_products(target):
+    """The Relax pass (before legalization): int8 1x1 convs, fully connected layers and stems ->
+    packed dot-product form on x86 targets with AVX2 or VNNI and AArch64 ones with dotprod; on others
+    it changes nothing."""
     import tvm
     from tvm import relax
 
     forms = dot_forms(target)
-    weight_of = {tvm.ir.Op.get("relax.nn.conv2d"): ("pointwise", _conv_weight),
-                 tvm.ir.Op.get("relax.matmul"): ("dense", _dense_weight)}
+    conv2d, matmul = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
+    layers = ((conv2d, "pointwise", _conv_weight), (conv2d, "stem", _stem_weight), (matmul, "dense", _dense_weight))
 
     @relax.expr_functor.mutator
     class Packer(relax.PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
-            layer, weight_in = weight_of.get(call.op, (None, None))
-            weight = weight_in(call) if weight_in else None
+            layer, weight = next(((name, w) for op, name, weight_of in layers
+                                  if call.op.same_as(op) and (w := weight_of(call)) is not None), (None, None))
             form = _form_for(weight, forms) if weight is not None else None
             if form is None:
                 return call
-            data = call.args[0]
+            data, shape = call.args[0], {}
             if layer == "dense":  # [M, K] rows as one image row of M pixels (a view, no copy)
                 data = self.builder_.emit(relax.op.reshape(data, (1, 1, *data.ty.shape)))
-            acc = self.builder_.call_te(_packed_pointwise, data,
+            if layer == "stem":  # rows of bytes, each tap's 4 its channels and the next pixel's
+                shape = {"kernel": tuple(int(d) for d in call.args[1].value.shape[:2]),
+                         "stride": tuple(int(s) for s in call.attrs.strides),
+                         "pixel_bytes": int(data.ty.shape[3]), "pixels": int(data.ty.shape[2])}
+                data = self.builder_.emit(self.builder_.call_te(_stem_rows, data, primfunc_name_hint="stem_rows"))
+            acc = self.builder_.call_te(_packed_conv, data,
                                         relax.const(packed_weights(weight, form), form.weight_dtype),
-                                        shift=form.shift, name=BLOCKS[layer], primfunc_name_hint=BLOCKS[layer])
+                                        shift=form.shift, name=BLOCKS[layer], **shape,
+                                        primfunc_name_hint=BLOCKS[layer])
             if form.shift:
                 correction = (form.shift * weight.astype(np.int64).sum(axis=(0, 1, 2))).astype(np.int32)
                 acc = relax.op.subtract(acc, relax.const(correction, "int32"))
             return relax.op.reshape(acc, call.ty.shape) if layer == "dense" else acc
 
-    @tvm.transform.module_pass(opt_level=0, name="mnv2.PackInt8Pointwise")
+    @tvm.transform.module_pass(opt_level=0, name="mnv2.PackInt8DotProducts")
     def pack(mod, _ctx):
         if not forms:
             return mod
@@ -246,12 +297,12 @@ def pack_pointwise(target):
 
 
 def packed_layer(block_name: str) -> str | None:
-    """"pointwise" or "dense" for a packed kernel's reduction block, else None."""
+    """"pointwise", "dense" or "stem" for a packed kernel's reduction block, else None."""
     return next((layer for layer, name in BLOCKS.items() if block_name.startswith(name)), None)
 
 
 def packed_kind(func) -> str | None:
-    """"pointwise" or "dense" when a (fused) PrimFunc holds a packed kernel, else None."""
+    """"pointwise", "dense" or "stem" when a (fused) PrimFunc holds a packed kernel, else None."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)

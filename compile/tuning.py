@@ -65,7 +65,7 @@ def fusion_passes(target) -> list:
         dispatch = []
     return [
         *dispatch,
-        int8_dot.pack_pointwise(target),  # before legalization: int8 1x1 convs on dot products
+        int8_dot.pack_dot_products(target),  # before legalization: int8 1x1 convs and stems on dot products
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -90,7 +90,7 @@ def classify(task) -> str:
     func = next(iter(task.dispatched[0].functions.values()))
     packed = int8_dot.packed_kind(func)
     if packed:
-        return "pointwise" if packed == "pointwise" else "other"
+        return packed if packed in ("pointwise", "stem") else "other"
     # A conv task has data, weight, (bias,) output; with two buffers the second is an output.
     if len(func.params) < 3 or len(func.params[1].shape) != 4:
         return "other"

@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 from compile.images import model_inputs  # noqa: E402
 from compile.manifest import LIBRARY, MODEL_COPY, Manifest  # noqa: E402
 from deploy import runner  # noqa: E402
-from deploy.reference import reference_outputs  # noqa: E402
+from deploy.reference import Reference, reference_outputs  # noqa: E402
 from deploy.verify import OutputCheck, check_outputs, pool_litert_error, summarize  # noqa: E402
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -41,9 +41,8 @@ class ArtifactCheck:
         return [f"{c.name}: {c.problem}" for c in self.checks if not c.ok]
 
 
-def compare_with_litert(model: Path, output_names: list[str], input_sets, device_outputs,
-                        lowering: str = "") -> list[OutputCheck]:
-    """Check the device's outputs for each input set against the references on this host.
+def litert_references(model: Path, input_sets, lowering: str = "") -> list[Reference]:
+    """The references on this host for each input set (LiteRT, float64, TFLite's reference kernels).
     lowering: the manifest's; "integer" holds integer outputs to TFLite's reference kernels."""
     tolerance = None
     if lowering == "integer":
@@ -51,8 +50,14 @@ def compare_with_litert(model: Path, output_names: list[str], input_sets, device
         from compile.integer_frontend import output_tolerances
 
         tolerance = output_tolerances(read_model(model)[0])
+    return reference_outputs(model, input_sets, tolerance)
+
+
+def compare_with_litert(model: Path, output_names: list[str], input_sets, device_outputs,
+                        lowering: str = "") -> list[OutputCheck]:
+    """Check the device's outputs for each input set against the references on this host."""
     checks = []
-    for reference, got in zip(reference_outputs(model, input_sets, tolerance), device_outputs):
+    for reference, got in zip(litert_references(model, input_sets, lowering), device_outputs):
         checks += check_outputs(output_names, reference, got)
     return pool_litert_error(checks)
 

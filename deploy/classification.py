@@ -38,7 +38,8 @@ def _scores(output: np.ndarray, spec) -> np.ndarray:
 def classify(out_dir: str | Path, images: list[Path], session, top: int = 5, check: bool = False,
              threads: int | None = None) -> list[Prediction]:
     """Top-`top` classes of each picture with out_dir's model in `session` (deploy.session)."""
-    from deploy.check import compare_with_litert
+    from deploy.check import litert_references
+    from deploy.verify import check_outputs, pool_litert_error
 
     out_dir = Path(out_dir)
     manifest = Manifest.read(out_dir)
@@ -58,13 +59,10 @@ def classify(out_dir: str | Path, images: list[Path], session, top: int = 5, che
         classes = top_k(scores, top)
         predictions.append(Prediction(str(image), classes, [float(scores[c]) for c in classes],
                                       [labels[c] if c < len(labels) else "" for c in classes]))
-    if check:
-        from deploy.reference import LiteRTModel
-
-        litert = LiteRTModel(out_dir / MODEL_COPY)
+    if check:  # LiteRT once per picture: its classes and the check come from the same run
         names = [t.name for t in manifest.outputs]
-        for prediction, values, got in zip(predictions, inputs, outputs):
-            prediction.litert_classes = top_k(_scores(litert.run(values)[0], manifest.outputs[0]), top)
-            prediction.checks = compare_with_litert(out_dir / MODEL_COPY, names, [values], [got],
-                                                    manifest.model.lowering)
+        references = litert_references(out_dir / MODEL_COPY, inputs, manifest.model.lowering)
+        for prediction, reference, got in zip(predictions, references, outputs):
+            prediction.litert_classes = top_k(_scores(reference.litert[0], manifest.outputs[0]), top)
+            prediction.checks = pool_litert_error(check_outputs(names, reference, got))
     return predictions

@@ -56,6 +56,9 @@ class LocalSession:
         self.close()
 
 
+TRACKER_ATTEMPTS = 5  # connections to the server a tracker matched, as TVM's TrackerSession.request
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A remote RPC server: through a tracker (key) or at a direct address."""
@@ -87,19 +90,30 @@ class Endpoint:
             return RemoteSession(remote, self.label, f"{self.host}:{self.port}")
         # TrackerSession.request's own exchange, keeping the address of the server the tracker
         # matched: with several boards under one key, each result names the board that measured it.
+        # Retried as TrackerSession.request retries: a board's server can drop the connection the
+        # tracker handed out (it restarts after each session), and the tracker matches again.
+        import time
+
         from tvm.rpc import base
 
-        tracker = rpc.connect_tracker(self.host, self.port)
-        try:
-            base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, self.key, "", 1])
-            reply = base.recvjson(tracker._sock)
-        finally:
-            tracker.close()
-        if reply[0] != base.TrackerCode.SUCCESS:
-            raise RuntimeError(f"the tracker refused the request for key {self.key!r}: {reply}")
-        address, port, match_key = reply[1]
-        remote = rpc.connect(address, port, match_key, self.session_timeout)
-        return RemoteSession(remote, self.label, f"{address}:{port}")
+        for attempt in range(1, TRACKER_ATTEMPTS + 1):
+            tracker = rpc.connect_tracker(self.host, self.port)
+            try:
+                base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, self.key, "", 1])
+                reply = base.recvjson(tracker._sock)
+            finally:
+                tracker.close()
+            if reply[0] != base.TrackerCode.SUCCESS:
+                raise RuntimeError(f"the tracker refused the request for key {self.key!r}: {reply}")
+            address, port, match_key = reply[1]
+            try:
+                remote = rpc.connect(address, port, match_key, self.session_timeout)
+            except (OSError, RuntimeError):
+                if attempt == TRACKER_ATTEMPTS:
+                    raise
+                time.sleep(0.5 * attempt)
+                continue
+            return RemoteSession(remote, self.label, f"{address}:{port}")
 
 
 class RemoteSession:

@@ -244,11 +244,11 @@ CORTEX_A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a7
     (ZNVER4, "avx512_vnni", "vpdpbusd"), (ALDERLAKE, "avx_vnni", "{vex} vpdpbusd"), (HASWELL, "avx2", "vpmaddwd"),
     (SSE4, None, None), (CORTEX_A76, "aarch64", "sdot")], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4", "sdot"])
 def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
-    """int8 1x1 convs and fully connected layers packed for vpdpbusd, vpmaddwd or sdot
-    (compile/int8_dot.py), with TFLite's requantization, against NumPy and gemmlowp's definition. On
-    AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the 8-lane ones; an odd width
-    (11) has no even pixel block. A target without AVX2 keeps the plain conv and matmul. Compiled for
-    every target; run where this CPU can."""
+    """int8 1x1 convs, fully connected layers and a stem (3x3, stride 2, over 3 channels) packed for
+    vpdpbusd, vpmaddwd or sdot (compile/int8_dot.py), with TFLite's requantization, against NumPy and
+    gemmlowp's definition. On AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the
+    8-lane ones; an odd width (11) has no even pixel block. A target without AVX2 keeps the plain conv
+    and matmul. Compiled for every target; run where this CPU can."""
     import subprocess
 
     import tvm
@@ -260,9 +260,9 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     forms = int8_dot.dot_forms(tvm.target.Target(target_dict))
     rng = np.random.default_rng(5)
     for layer, x_shape, channels in (("conv", (1, 9, 11, 40), 48), ("conv", (1, 9, 11, 40), 24),
-                                     ("dense", (3, 40), 40)):
+                                     ("dense", (3, 40), 40), ("stem", (1, 15, 13, 3), 32)):
         x = rng.integers(-128, 128, x_shape).astype("int8")
-        w = rng.integers(-127, 128, (1, 1, 40, channels)).astype("int8")
+        w = rng.integers(-127, 128, (3, 3, 3, channels) if layer == "stem" else (1, 1, 40, channels)).astype("int8")
         bias = rng.integers(-5000, 5000, channels).astype("int32")
         multipliers = [int(m) for m in rng.integers(1 << 30, 1 << 31, channels)]
         shifts = [int(s) for s in rng.integers(-12, 2, channels)]
@@ -270,9 +270,10 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
         param = relax.Var("x", relax.TensorType(shape=x.shape, dtype="int8"))
         with bb.function("main", [param]):
             with bb.dataflow():
-                acc = bb.emit(relax.op.nn.conv2d(param, fixed_point.const(w, "int8"), data_layout="NHWC",
-                                                 kernel_layout="HWIO", out_dtype="int32") if layer == "conv" else
-                              relax.op.matmul(param, fixed_point.const(w[0, 0], "int8"), out_dtype="int32"))
+                acc = bb.emit(relax.op.matmul(param, fixed_point.const(w[0, 0], "int8"), out_dtype="int32")
+                              if layer == "dense" else
+                              relax.op.nn.conv2d(param, fixed_point.const(w, "int8"), strides=2 if layer == "stem" else 1,
+                                                 data_layout="NHWC", kernel_layout="HWIO", out_dtype="int32"))
                 out = bb.emit_output(bb.call_te(fixed_point.requantize, acc, fixed_point.const(bias, "int32"),
                                                 fixed_point.const(multipliers, "int32"),
                                                 fixed_point.const(shifts, "int32"), zero_point=-3, low=-128,
@@ -294,7 +295,12 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
         if flag and flag not in _cpu_flags():
             continue  # this CPU cannot run the code; compiled and checked above
         got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-        acc = x.reshape(-1, 40).astype(np.int64) @ w.reshape(40, channels).astype(np.int64) + bias
+        if layer == "stem":  # [1, 7, 6, 3 channels, 3 rows, 3 columns] windows
+            windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2]
+            acc = np.einsum("nhwcij,ijco->nhwo", windows.astype(np.int64), w.astype(np.int64)).reshape(-1, channels)
+        else:
+            acc = x.reshape(-1, 40).astype(np.int64) @ w.reshape(40, channels).astype(np.int64)
+        acc = acc + bias
         expected = np.stack([gemmlowp_multiply(acc[:, c], multipliers[c], shifts[c], False)
                              for c in range(channels)], axis=1) - 3
         np.testing.assert_array_equal(got.reshape(-1, channels), np.clip(expected, -128, 127))
