@@ -63,7 +63,9 @@ def litert_invoker(model: Path, inputs, threads: int):
 def interleaved_times_ms(invokers: dict, runs: int, rounds: int = 10) -> dict[str, np.ndarray]:
     """`runs` inference times (ms) each, taken in `rounds` turns, so that slow phases of the shared
     machine fall on all of them. Within a turn the inferences run back to back after an untimed one,
-    as benchmark_model does: caches warm, the other runtime's spinning worker threads gone to sleep."""
+    as benchmark_model does: caches warm. TVM's idle workers stop spinning soon after its turn
+    (compile/threads.py's SPIN_COUNT, set with the threads): with TVM's default they spun on through
+    LiteRT's turns, which then read up to 2x slow (1.0/224 float32: 7.1 against 3.4 ms)."""
     samples: dict[str, list[float]] = {name: [] for name in invokers}
     for turn in range(rounds):
         for name, invoke in invokers.items():

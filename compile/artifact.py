@@ -13,7 +13,7 @@ from compile import default_schedules, frontend, toolchain
 from compile import manifest as contract
 from compile.errors import UserError, last_line
 from compile.manifest import KERNELS, LIBRARY, Manifest
-from compile.threads import profile_threads
+from compile.threads import SPIN_COUNT, profile_threads
 from compile.variants import Variant
 from targets.profiles import Profile
 
@@ -231,4 +231,5 @@ def app_contract(info, profile: Profile, source: ModelSource) -> contract.AppCon
         output=("scores per class, the highest is the prediction (dequantize with the output's scale and "
                 "zero point when it is integer)") if scores else "the model's outputs, in the order of `outputs`",
         labels=contract.LABELS if source.labels is not None else None,
+        thread_pool_spin_count=None if profile.is_gpu else SPIN_COUNT,
     )

@@ -105,6 +105,7 @@ class AppContract:
     preprocess: Preprocess | None  # None: the input is not a picture
     output: str  # what the first output holds
     labels: str | None  # labels.txt, one class name per line in output order, when the build got --labels
+    thread_pool_spin_count: int | None = None  # TVM_THREAD_POOL_SPIN_COUNT for CPU models (compile/threads.py)
 
 
 @dataclass

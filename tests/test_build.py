@@ -8,10 +8,11 @@ import subprocess
 import pytest
 from conftest import assert_clean_error, run_cli
 
-from compile import tuning
+from compile import threads, tuning
 from compile.artifact import elf_machine, kernel_names
 from compile.frontend import load_relax
 from compile.manifest import Manifest
+from deploy import board_server
 from targets.profiles import load_profile, profile_names
 
 REQUIRED_PROFILES = {"arm_cpu", "rasp4b", "rasp3b", "rk3399", "android-arm64", "mali", "adreno", "host"}
@@ -74,6 +75,9 @@ def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
     # What an app needs: the VM's calls, the runtime, the board's cores, a picture's preprocessing.
     app = manifest.app
     assert app.runtime == "relax-vm" and app.entry == "main" and app.threads == 4 and app.device == "cpu"
+    # Idle pool workers sleep soon after an inference (compile/threads.py); the board's server is told
+    # the same, from its own copy of the number (it imports nothing of the project).
+    assert app.thread_pool_spin_count == threads.SPIN_COUNT == board_server.SPIN_COUNT < 300000
     assert app.preprocess.value_range == (-1.0, 1.0) and app.labels is None  # generated: no class names
     # Each kernel got the rule of its kind, as the tuner classifies kernels (by the weight's shape).
     tasks = tuning.classified_tasks(load_relax(out / "model.tflite")[0], load_profile("arm_cpu").tvm_target())
@@ -147,6 +151,7 @@ def test_opencl_kernels_compile_with_a_real_opencl_compiler(target, tmp_path):
     assert len(names) == len(set(names)) >= 25, names  # each distinct fused conv, pool, dense, softmax
     manifest = Manifest.read(out)
     assert manifest.kernels.count == len(names) and manifest.app.device == "opencl"
+    assert manifest.app.thread_pool_spin_count is None  # no CPU thread pool runs the kernels
     platforms = [p for p in cl.get_platforms() if "portable" in p.name.lower() or "pocl" in p.name.lower()]
     assert platforms, "POCL (Debian's pocl-opencl-icd) is not installed"
     context = cl.Context(platforms[0].get_devices())

@@ -221,6 +221,11 @@ int Run(int argc, char** argv) {
   // how many the model was built for. Without it TVM runs every core on ARM but half of them on x86.
   if (threads == 0 && app.at("threads") != nullptr) threads = static_cast<int>(Num(app.at("threads")));
   if (threads > 0) setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), 1);
+  // And how long its idle workers spin before they sleep: TVM's default keeps a core busy long after
+  // each inference, taken from the app's own threads. A value already in the environment stays.
+  if (app.count("thread_pool_spin_count") && app.at("thread_pool_spin_count") != nullptr)
+    setenv("TVM_THREAD_POOL_SPIN_COUNT",
+           std::to_string(static_cast<long>(Num(app.at("thread_pool_spin_count")))).c_str(), 0);
 
   int w = 0, h = 0, channels = 0;
   unsigned char* rgb = stbi_load(image.c_str(), &w, &h, &channels, 3);

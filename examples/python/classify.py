@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     threads = args.threads or app["threads"]
     if threads:  # read by TVM's thread pool when it starts: before the first inference
         os.environ["TVM_NUM_THREADS"] = str(threads)
+    if app.get("thread_pool_spin_count"):  # idle workers sleep soon after an inference, freeing the core
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(app["thread_pool_spin_count"]))
     import tvm
     from tvm.runtime.vm import VirtualMachine  # the runtime's VM: no compiler needed on the board
 
