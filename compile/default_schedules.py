@@ -128,6 +128,13 @@ class Tiling:
     unroll_taps: bool = False  # unroll up to 9 taps (a 3x3 window) on CPUs with 32 vector registers
 
 
+def _int8_on_sdot(sch, block, shape: CPUShape) -> bool:
+    """An int8 reduction on a CPU with sdot: it stays innermost, where LLVM vectorizes it into dot
+    products (four consecutive input channels per int32 lane), which vectorizing the output channels
+    would prevent."""
+    return shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
+
+
 def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
     """Tile a block with spatial loops first, reductions last, whose last spatial loop is the
     innermost (contiguous) axis of its output: conv2d/depthwise NHWC, dense, pooling."""
@@ -143,9 +150,7 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
 
     for producer in sch.get_producers(block):  # padding: read through it, no padded copy
         _try(lambda p=producer: sch.compute_inline(p))
-    # With sdot, the int8 reduction stays innermost: LLVM vectorizes it into dot products (four
-    # consecutive input channels per int32 lane), which vectorizing the output channels would prevent.
-    dot_product = shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
+    dot_product = _int8_on_sdot(sch, block, shape)
     epilogue = _epilogue(sch, block)
 
     spatial, reduction = loops[:n_spatial], loops[n_spatial:]
@@ -224,8 +229,7 @@ def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
     kinds = _iter_kinds(sch, block)
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
-    int8_on_sdot = shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
-    if extents is None or kinds != "SSSSRRR" or len(loops) != 7 or int8_on_sdot:
+    if extents is None or kinds != "SSSSRRR" or len(loops) != 7 or _int8_on_sdot(sch, block, shape):
         return schedule_reduction(sch, block, shape, Tiling(8, 2))
     for producer in sch.get_producers(block):  # padding: read through it, no padded copy
         _try(lambda p=producer: sch.compute_inline(p))

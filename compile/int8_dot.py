@@ -18,7 +18,7 @@ into each int32 lane in one instruction:
 
 `pack_dot_products` is the Relax pass that rewrites each int8 1x1 stride-1 conv, each fully
 connected layer (a 1x1 conv over its rows) and each conv over at most 4 input channels (the stem:
-each kernel tap's channels, padded to 4, one group) into that form (a call to one PrimFunc whose
+its input read as rows of bytes, each kernel tap one group of 4) into that form (a call to one PrimFunc whose
 reduction block is named after `BLOCKS`, then the correction); the default schedule rule
 (compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products with
 `intrinsic(form)`. Other CPUs keep the plain integer conv and matmul. Results are the same integers.
@@ -204,32 +204,38 @@ def _int8_constant_weight(call) -> bool:
             and str(call.attrs.out_dtype) == "int32")
 
 
-def _conv_weight(call) -> np.ndarray | None:
-    """The HWIO weights of an int8 1x1 stride-1 NHWC conv2d call on constant weights, else None."""
-    attrs = call.attrs
-    if (not _int8_constant_weight(call) or attrs.groups != 1
-            or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
-            or any(int(s) != 1 for s in (*attrs.strides, *attrs.dilation)) or any(int(p) for p in attrs.padding)):
-        return None
-    weight = call.args[1].value.numpy()
-    return weight if weight.shape[:2] == (1, 1) else None
-
-
-def _stem_weight(call) -> np.ndarray | None:
-    """An int8 NHWC conv over at most 4 input channels (the stem over RGB), any kernel and stride, on
-    constant HWIO weights and a padded input: its weights with the input channels padded to 4, so
-    that each kernel tap is one group of 4 products (the input is padded the same way), as
-    [1, 1, taps x 4, N]; else None. Widened to 32-bit lanes, 1.0/224's int8 stem was 9% of the model."""
+def _unpadded_conv_weight(call) -> np.ndarray | None:
+    """The HWIO weights of an int8 NHWC conv2d call on constant weights, ungrouped, undilated and
+    without padding of its own (the integer frontend pads explicitly), else None."""
     attrs = call.attrs
     if (not _int8_constant_weight(call) or attrs.groups != 1
             or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
             or any(int(d) != 1 for d in attrs.dilation) or any(int(p) for p in attrs.padding)):
         return None
-    weight = call.args[1].value.numpy()
+    return call.args[1].value.numpy()
+
+
+def _conv_weight(call) -> np.ndarray | None:
+    """The HWIO weights of an int8 1x1 stride-1 conv (_unpadded_conv_weight), else None."""
+    weight = _unpadded_conv_weight(call)
+    if weight is None or any(int(s) != 1 for s in call.attrs.strides):
+        return None
+    return weight if weight.shape[:2] == (1, 1) else None
+
+
+def _stem_weight(call) -> np.ndarray | None:
+    """An int8 conv (_unpadded_conv_weight) over at most 4 input channels (the stem over RGB), any
+    kernel and stride: its weights with the input channels padded to 4 by zeros, as [1, 1, taps x 4,
+    N], so that each kernel tap is one group of 4 products over the 4 bytes its pixel starts (the
+    input read as rows of bytes, _stem_rows: the zero weights meet the next pixel's first bytes);
+    else None. Widened to 32-bit lanes, 1.0/224's int8 stem was 9% of the model."""
+    weight = _unpadded_conv_weight(call)
+    if weight is None:
+        return None
     kh, kw, cin, n = weight.shape
     if cin > 4 or (kh, kw) == (1, 1):
         return None
-    return np.pad(weight, [(0, 0), (0, 0), (0, 4 - cin), (0, 0)]).reshape(1, 1, kh * kw * 4, n)  # 0 x next pixel
+    return np.pad(weight, [(0, 0), (0, 0), (0, 4 - cin), (0, 0)]).reshape(1, 1, kh * kw * 4, n)
 
 
 def _dense_weight(call) -> np.ndarray | None:
