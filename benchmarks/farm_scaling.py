@@ -40,7 +40,7 @@ def sweep_wall_seconds(servers: int, selection, dist: Path, work: Path, timing: 
                                                         env={"TVM_NUM_THREADS": str(timing.threads)}))
         config = SweepConfig(target="host", endpoint=Endpoint(loopback.LOOPBACK, tracker.port, KEY),
                              selection=selection, timing=timing, timeout=300, results=work / f"results-{servers}",
-                             force=True)
+                             remeasure=True)
         config.dist = dist
         started = time.perf_counter()
         done = run_sweep(config, progress=lambda m: None)

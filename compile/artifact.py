@@ -41,12 +41,14 @@ class ModelSource:
     dtype: str | None = None
     labels: Path | None = None  # class names, one per line in output order
     value_range: tuple[float, float] = (-1.0, 1.0)  # what pixel values 0..255 map onto
+    # How it is built, where not the default: "untuned", "float-lowering". Part of the name, so
+    # builds of one model made differently keep their own folders in dist/.
+    build_options: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        if self.variant is not None:
-            return f"mnv2_{self.variant.tag}_{self.dtype}"
-        return self.path.stem
+        base = f"mnv2_{self.variant.tag}_{self.dtype}" if self.variant is not None else self.path.stem
+        return "_".join((base, *self.build_options))
 
 
 def builder_fingerprint() -> str:

@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bundle-runtime", action="store_true",
                         help="copy the TVM runtime libraries an app needs into runtime/ beside the model "
                              "(Linux x86_64 and aarch64 targets; see the README's Ship it)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when dist/ is up to date")
+    parser.add_argument("--rebuild", action="store_true", help="build again even when dist/ is up to date")
     parser.add_argument("--list-variants", action="store_true", help="print the 22 published variants")
     parser.add_argument("--list-targets", action="store_true", help="print the device profiles")
     parser.add_argument("--describe", type=Path, metavar="FILE.tflite",
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         runtime_bundle.check_bundle(profile)
     requests = model_selection(args).requests(
         target=args.target, int8_lowering=args.int8_lowering, tuning_log=args.tuning_log, no_tuning=args.no_tuning,
-        out=args.out or DEFAULT_OUT, force=args.force, labels=args.labels,
+        out=args.out or DEFAULT_OUT, rebuild=args.rebuild, labels=args.labels,
         value_range=parse_range(args.input_range, "--input-range"))
     for out_dir in pipeline.build_each(requests):
         if args.bundle_runtime:

@@ -14,6 +14,9 @@ from compile.errors import UserError, last_line
 
 def run_main(main) -> None:
     """Run main(); print a UserError as one paragraph and exit 2; Ctrl-C exits 130."""
+    # Progress lines reach a pipe (tee, a log, a test waiting on an event) as they are printed,
+    # not 8 KB later.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         sys.exit(main())
     except UserError as err:
@@ -81,6 +84,16 @@ def add_model_flags(parser: argparse.ArgumentParser, default_target: str) -> Non
     what.add_argument("--tuning-log", type=Path, help="MetaSchedule database folder (default: tuning_logs/<target>/, "
                       "for host tuning_logs/host/<CPU class>/)")
     what.add_argument("--out", type=Path, help="artifact folder: dist/<target>/<model>/ (default: dist/)")
+
+
+def add_rpc_flags(group, what: str, session_timeout: int) -> None:
+    """--rpc-tracker, --rpc-key and --session-timeout, the same in every command that reaches a board
+    through a tracker (bench, classify, tune); `what` says what the board does there."""
+    group.add_argument("--rpc-tracker", metavar="HOST:PORT", help=f"TVM RPC tracker of the board that {what}")
+    group.add_argument("--rpc-key", help="tracker key of the device (default: the profile's rpc_key)")
+    group.add_argument("--session-timeout", type=int, default=session_timeout,
+                       help=f"seconds the device's RPC server keeps one session before dropping it (TVM's "
+                            f"session_timeout; default {session_timeout})")
 
 
 def add_lowering_flags(parser: argparse.ArgumentParser, no_tuning: bool = True) -> None:

@@ -160,13 +160,13 @@ class Manifest:
             raise UserError(f"{out_dir} is not a built artifact: it has no {FILE}. Build it with "
                             f"compile/build.py (its folders are dist/<target>/<model>/).") from None
         except json.JSONDecodeError as err:
-            raise UserError(f"{path} is damaged ({err}); build the model again with --force.") from None
+            raise UserError(f"{path} is damaged ({err}); build the model again with --rebuild.") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             found = data.get("schema", "none (an older build)") if isinstance(data, dict) else "none"
             raise UserError(f"{path} has manifest schema {found}; this version reads {SCHEMA}. "
-                            f"Build the model again (compile/build.py ... --force).")
+                            f"Build the model again (compile/build.py ... --rebuild).")
         try:
             return cls.from_dict(data)
         except (KeyError, TypeError) as err:
             raise UserError(f"{path} does not follow {SCHEMA} ({type(err).__name__}: {err}); "
-                            f"build the model again with --force.") from None
+                            f"build the model again with --rebuild.") from None

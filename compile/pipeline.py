@@ -28,7 +28,7 @@ class BuildRequest:
     no_tuning: bool = False  # build untuned even when a database exists
     out: Path = DEFAULT_OUT
     all_variants: bool = False
-    force: bool = False  # rebuild even when dist/ already holds the same build
+    rebuild: bool = False  # build again even when dist/ already holds the same build
     labels: Path | None = None  # class names, one per line in output order: shipped as labels.txt
     value_range: tuple[float, float] = (-1.0, 1.0)  # the input's values for pixels 0..255 (the app contract)
     expansion: int = EXPANSION  # generated variants: the bottlenecks' expansion factor t
@@ -92,8 +92,9 @@ def generated_source(variant: Variant, dtype: str, out: Path) -> artifact.ModelS
 def sources(request: BuildRequest) -> list[artifact.ModelSource]:
     if request.labels is not None and not Path(request.labels).is_file():
         raise UserError(f"--labels {request.labels}: no such file (give a text file, one class name per line).")
-    return [replace(source, labels=request.labels, value_range=tuple(map(float, request.value_range)))
-            for source in _model_sources(request)]
+    options = ("untuned",) * request.no_tuning + ("float-lowering",) * (request.int8_lowering == "float")
+    return [replace(source, labels=request.labels, value_range=tuple(map(float, request.value_range)),
+                    build_options=options) for source in _model_sources(request)]
 
 
 def _model_sources(request: BuildRequest) -> list[artifact.ModelSource]:
@@ -175,7 +176,7 @@ def build(request: BuildRequest, progress=print) -> list[Manifest]:
     for index, source in enumerate(todo, 1):
         out_dir = artifact_dir(request.out, profile, source)
         prefix = f"({index}/{len(todo)}) " if len(todo) > 1 else ""
-        if not request.force and _up_to_date(out_dir, source, profile, tuning, request.int8_lowering):
+        if not request.rebuild and _up_to_date(out_dir, source, profile, tuning, request.int8_lowering):
             progress(f"{prefix}[skip] {out_dir} is up to date")
             manifests.append(Manifest.read(out_dir))
             continue

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
     # `python compile/tune.py` puts compile/ first on sys.path; the project root takes its place.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_lowering_flags, add_model_flags, run_main  # noqa: E402
+from compile.cli_common import add_lowering_flags, add_model_flags, add_rpc_flags, run_main  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,9 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "only the default schedules and the records transferred from similar tasks")
     p.add_argument("--minutes", type=float, help="start no new task after this many minutes")
     p.add_argument("--kinds", default="all", help="depthwise,pointwise,stem,other or all (default all)")
-    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the board behind this tracker")
-    p.add_argument("--rpc-key", help="the board's tracker key (default: the profile's rpc_key)")
-    p.add_argument("--session-timeout", type=int, default=120, help="seconds per RPC measurement session")
+    # One measurement session is short: a board frozen in one is dropped after 2 minutes.
+    add_rpc_flags(p.add_argument_group("device (default: this machine)"), "measures the candidates", 120)
     p.add_argument("--remeasure", action="store_true",
                    help="first time each task's best records and its default schedule again, replacing "
                         "their old times (after the rules changed, or a database timed on a busy machine)")

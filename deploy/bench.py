@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     # `python deploy/bench.py` puts deploy/ first on sys.path; the project root takes its place.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_model_flags, model_selection, run_main  # noqa: E402
+from compile.cli_common import add_lowering_flags, add_model_flags, model_selection, run_main  # noqa: E402
 from compile.errors import UserError  # noqa: E402
 from deploy.device_flags import add_device_flags, endpoint_for  # noqa: E402
 
@@ -30,19 +30,21 @@ from deploy.device_flags import add_device_flags, endpoint_for  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(p, default_target="host")
+    add_lowering_flags(p)
     add_device_flags(p)
-    timing = p.add_argument_group("timing (TVM's time evaluator)")
+    timing = p.add_argument_group("timing: ours and LiteRT alike, in interleaved turns (deploy/comparison.py)")
     timing.add_argument("--number", type=int, default=10, help="runs averaged per repeat (default 10)")
-    timing.add_argument("--repeat", type=int, default=20, help="timed repeats (default 20)")
-    timing.add_argument("--min-repeat-ms", type=int, default=0, help="grow --number until a repeat lasts this long")
-    timing.add_argument("--cooldown", type=int, default=0, help="ms to rest between repeats")
+    timing.add_argument("--repeat", type=int, default=20, help="timed repeats, each runtime's samples (default 20)")
+    timing.add_argument("--min-repeat-ms", type=int, default=0,
+                        help="grow --number, for both runtimes, until a repeat of the faster lasts this long")
+    timing.add_argument("--cooldown", type=int, default=0, help="ms to rest between repeats, for both runtimes")
     timing.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     timing.add_argument("--threads", type=int, help="threads of TVM's runtime on the device (default: the "
                         "profile's num-cores; this machine's cores for host). Set on the device over RPC")
     p.add_argument("--no-litert", action="store_true",
                    help="do not time LiteRT on the device beside ours (by default it is, where the board's "
                         "server is deploy/board_server.py or the device is this machine)")
-    p.add_argument("--force", action="store_true",
+    p.add_argument("--remeasure", action="store_true",
                    help="measure again what an identical earlier measurement in results.jsonl covers")
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
@@ -62,8 +64,13 @@ def main(argv=None) -> int:
     profile = load_profile(args.target)  # unknown targets fail before anything starts
     selection = model_selection(args)
     selection.requests()  # bad choices (a missing file, an unknown dtype) fail before any device starts
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads takes a whole number of at least 1, not {args.threads}.")
+    for flag, value, least in (("--threads", args.threads, 1), ("--number", args.number, 1),
+                               ("--repeat", args.repeat, 1), ("--min-repeat-ms", args.min_repeat_ms, 0),
+                               ("--cooldown", args.cooldown, 0), ("--warmup", args.warmup, 0),
+                               ("--verify-inputs", args.verify_inputs, 1), ("--timeout", args.timeout, 1),
+                               ("--key-wait", args.key_wait, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} takes a number of at least {least}, not {value:g}.")
     # Emulated timings mean nothing, so the emulated board keeps its runtime's default.
     threads = args.threads or (None if args.emulated_board else profile_threads(profile))
     with contextlib.ExitStack() as stack:
@@ -74,7 +81,8 @@ def main(argv=None) -> int:
                                   litert=not args.no_litert),
             timeout=args.timeout, key_wait=args.key_wait, verify_inputs=args.verify_inputs,
             results=args.results or Path("results") / args.target, tuning_log=args.tuning_log,
-            device_label=label, emulated=args.emulated_board, force=args.force,
+            no_tuning=args.no_tuning, int8_lowering=args.int8_lowering,
+            device_label=label, emulated=args.emulated_board, remeasure=args.remeasure,
         )
         if args.out:
             config.dist = args.out

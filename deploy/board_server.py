@@ -1,7 +1,13 @@
 """The board's RPC server: TVM's own server, plus one function, `mnv2.litert`, that times LiteRT on
 the board on the same .tflite file and inputs, so a sweep shows ours and LiteRT's side by side.
 
+    python3 board_server.py --port 9090 --tracker TRACKER:9190 --key rasp4b      # loopback only
     python3 board_server.py --host 0.0.0.0 --port 9090 --tracker TRACKER:9190 --key rasp4b
+
+A TVM RPC server runs whatever code a client sends it. So this one listens on 127.0.0.1 unless told
+otherwise (reach it through SSH, as the sweep's --ssh does, or a tunnel); a farm behind a tracker on
+a trusted network needs `--host` with the board's address, and the server says at start what that
+exposes.
 
 Copy this one file to the board (it imports nothing of the project; it needs the TVM runtime and,
 for the LiteRT column, `pip install ai-edge-litert` or `tflite-runtime` on the board). Its flags are
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 FUNCTION = "mnv2.litert"
 # compile/threads.py's (this file imports nothing of the project): idle pool workers sleep soon
@@ -39,32 +46,31 @@ def register_litert_timer() -> None:
     import numpy as np
     import tvm_ffi
 
-    cache = {}
+    loaded = []  # the one interpreter in use: the model sent with the last number == 0 call
 
-    def interpreter_for(model: bytes, threads: int):
-        key = (hash(model), threads)
-        if key not in cache:
-            try:
-                from ai_edge_litert.interpreter import Interpreter
-            except ImportError:
-                from tflite_runtime.interpreter import Interpreter  # the older package of the same runtime
-            interpreter = Interpreter(model_content=model, num_threads=threads or None)
-            interpreter.allocate_tensors()
-            cache.clear()
-            cache[key] = interpreter
-        return cache[key]
+    def load(model: bytes, threads: int):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            from tflite_runtime.interpreter import Interpreter  # the older package of the same runtime
+        interpreter = Interpreter(model_content=model, num_threads=threads or None)
+        interpreter.allocate_tensors()
+        loaded[:] = [interpreter]
+        return interpreter
 
     @tvm_ffi.register_global_func(FUNCTION, override=True)
-    def litert(model: bytearray, inputs: bytearray, threads: int, number: int, repeat: int) -> str:
-        """number == 0: load, set the inputs, run twice, return the second run's seconds (to size the
-        timing); else time `repeat` x `number` runs and return the seconds per run of each repeat."""
-        try:
-            interpreter = interpreter_for(bytes(model), int(threads))
-        except ImportError:
-            return json.dumps({"error": "no LiteRT on the board: pip install ai-edge-litert (or tflite-runtime)"})
-        except Exception as err:  # noqa: BLE001 - this LiteRT cannot run the file: say so, do not fail the session
-            return json.dumps({"error": f"LiteRT on the board cannot run the file: {type(err).__name__}: {err}"})
+    def litert(model: bytearray, inputs: bytearray, threads: int, number: int, repeat: int, cooldown_ms: int) -> str:
+        """number == 0: load the model, set the inputs, run twice, return the second run's seconds (to
+        size the timing). Else, on the loaded model and inputs (none are sent again): one untimed run,
+        then `repeat` samples of `number` runs with `cooldown_ms` between samples, as TVM's
+        time_evaluator times ours (deploy/comparison.py); the seconds per run of each sample."""
         if int(number) == 0:
+            try:
+                interpreter = load(bytes(model), int(threads))
+            except ImportError:
+                return json.dumps({"error": "no LiteRT on the board: pip install ai-edge-litert (or tflite-runtime)"})
+            except Exception as err:  # noqa: BLE001 - this LiteRT cannot run the file: say so, do not fail the session
+                return json.dumps({"error": f"LiteRT on the board cannot run the file: {type(err).__name__}: {err}"})
             arrays = np.load(io.BytesIO(bytes(inputs)))
             for detail, name in zip(interpreter.get_input_details(), arrays.files):
                 interpreter.set_tensor(detail["index"], arrays[name])
@@ -72,8 +78,12 @@ def register_litert_timer() -> None:
             begun = time.perf_counter()
             interpreter.invoke()
             return json.dumps({"per_run": time.perf_counter() - begun})
+        interpreter = loaded[0]
+        interpreter.invoke()
         samples = []
-        for _ in range(int(repeat)):
+        for index in range(int(repeat)):
+            if index and int(cooldown_ms):
+                time.sleep(int(cooldown_ms) / 1e3)
             begun = time.perf_counter()
             for _ in range(int(number)):
                 interpreter.invoke()
@@ -83,13 +93,20 @@ def register_litert_timer() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this board only; 0.0.0.0 or the board's "
+                             "address lets anyone who reaches the port run code on the board)")
     parser.add_argument("--port", type=int, default=9090)
     parser.add_argument("--port-end", type=int, default=9199)
     parser.add_argument("--tracker", help="HOST:PORT of the RPC tracker to register with")
     parser.add_argument("--key", default="", help="the device's tracker key")
     parser.add_argument("--custom-addr", help="the address the tracker gives clients for this server")
     args = parser.parse_args()
+    if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
+        print(f"warning: listening on {args.host}:{args.port}-{args.port_end}: anyone who can reach these "
+              f"ports can run any code on this board as {os.environ.get('USER', 'this user')}. Use it on a "
+              f"trusted network only, or keep the default 127.0.0.1 and reach the board over SSH.",
+              file=sys.stderr, flush=True)
     os.environ.setdefault(SPIN_ENV, str(SPIN_COUNT))  # before the pool starts, as apps are told
     from tvm import rpc
 

@@ -38,7 +38,7 @@ def _scores(output: np.ndarray, spec) -> np.ndarray:
 def classify(out_dir: str | Path, images: list[Path], session, top: int = 5, check: bool = False,
              threads: int | None = None) -> list[Prediction]:
     """Top-`top` classes of each picture with out_dir's model in `session` (deploy.session)."""
-    from deploy.check import litert_references
+    from deploy.artifact_check import litert_references
     from deploy.verify import check_outputs, pool_litert_error
 
     out_dir = Path(out_dir)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from compile.cli_common import add_rpc_flags
 from compile.errors import UserError
+from deploy.session import DEFAULT_SESSION_TIMEOUT
 
 
 def add_device_flags(parser) -> None:
     where = parser.add_argument_group("device (default: this machine, no RPC)")
-    where.add_argument("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker")
-    where.add_argument("--rpc-key", help="tracker key of the device (default: the profile's rpc_key)")
+    add_rpc_flags(where, "runs the models", DEFAULT_SESSION_TIMEOUT)
     where.add_argument("--rpc-host", metavar="HOST:PORT", help="a TVM RPC server, directly")
     where.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="start an RPC server on the board over SSH")
     where.add_argument("--ssh-key", type=Path, help="private key for --ssh (default: ssh-agent / ~/.ssh)")
@@ -21,7 +22,6 @@ def add_device_flags(parser) -> None:
     where.add_argument("--ssh-python", default="python3", help="python with TVM's runtime on the board")
     where.add_argument("--emulated-board", action="store_true",
                        help="start the emulated Cortex-A board (qemu-user) for this command; its timings are NOT device latencies")
-    where.add_argument("--session-timeout", type=int, default=600, help="seconds a server keeps one session")
     where.add_argument("--key-wait", type=float, default=10,
                        help="seconds to wait for the tracker to have the key (or the server to answer)")
 

@@ -21,7 +21,9 @@ KERNELS = {"reference": "BUILTIN_REF", "optimized": "BUILTIN_WITHOUT_DEFAULT_DEL
 
 
 def _litert_tensors(path: Path, kernels: str, values, indices: list[int]) -> list[np.ndarray | None]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from deploy.reference import litert_interpreter
+
+    Interpreter, OpResolverType = litert_interpreter()
 
     interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=getattr(OpResolverType, kernels),
                               experimental_preserve_all_tensors=True)

@@ -19,23 +19,11 @@ from pathlib import Path
 class TimingSettings:
     number: int = 10  # runs per timed repeat (averaged)
     repeat: int = 20  # timed repeats: the statistics are over these
-    min_repeat_ms: int = 0  # grow `number` until one repeat lasts this long
-    cooldown_ms: int = 0  # pause between repeats (thermal throttling on phones)
+    min_repeat_ms: int = 0  # grow `number` (for both runtimes) until a repeat of the faster lasts this long
+    cooldown_ms: int = 0  # pause between repeats, for both runtimes (thermal throttling on phones)
     warmup: int = 1  # untimed runs before timing (the first one is reported)
     threads: int | None = None  # the runtime's thread pool on the device (None: TVM's default)
     litert: bool = True  # also time LiteRT on the device, same file, inputs and threads, where it can
-
-
-def fit_timing(number: int, repeat: int, seconds_per_run: float, budget_seconds: float) -> tuple[int, int]:
-    """(number, repeat) that fit the budget at the measured time per run: fewer runs per repeat
-    first, then fewer repeats (at least 3, for a median), so a slow device (or the emulated board)
-    is timed within --timeout instead of being abandoned as frozen."""
-    if seconds_per_run <= 0 or number * repeat * seconds_per_run <= budget_seconds:
-        return number, repeat
-    number = max(1, min(number, int(budget_seconds / (repeat * seconds_per_run))))
-    if number * repeat * seconds_per_run > budget_seconds:  # never below 3 repeats, nor above what was asked
-        repeat = max(min(3, repeat), min(repeat, int(budget_seconds / seconds_per_run)))
-    return number, repeat
 
 
 class Interrupted(Exception):
@@ -57,43 +45,36 @@ class DeviceError(Exception):
         self.board_lost = any(sign in message for sign in LOST_BOARD_SIGNS) if board_lost is None else board_lost
 
 
-HEARTBEAT_S = 5.0  # the timed runs go in chunks of about this long, each reported to the sweep
-SILENCE_S = 15.0  # no report for this long during the timed runs (and 4 chunks' time): frozen
+SILENCE_S = 15.0  # no report for this long during the timed runs (and 4 shares' time): frozen
 
 
-def _time_litert(session, report, model: Path, inputs, threads: int | None, number: int, repeat: int,
-                 budget_seconds: float) -> tuple[list[float], str]:
-    """LiteRT's seconds per run on the session's device (same file, inputs and threads), fitted to
-    the budget; or no samples and why."""
+def _load_litert(session, report, model: Path, inputs, threads: int | None):
+    """(LiteRT's timer on the session's device, seconds of one warm run, "") on the same file, inputs
+    and threads as ours; or (None, 0, why not)."""
     import io
-    import json
 
     import numpy as np
 
-    timer, why = session.litert_timer()
-    if timer is None:
-        return [], why
+    from deploy import comparison
+
+    function, why = session.litert_timer()
+    if function is None:
+        return None, 0.0, why
     packed = io.BytesIO()
     np.savez(packed, *inputs)
-    model_bytes, input_bytes = bytearray(Path(model).read_bytes()), bytearray(packed.getvalue())
     report({"quiet": True})  # loading LiteRT and the model on the board: no heartbeat until timed
     try:
-        warm = json.loads(timer(model_bytes, input_bytes, threads or 0, 0, 0))
-        if "error" in warm:
-            return [], warm["error"]
-        number, repeat = fit_timing(number, repeat, warm["per_run"], budget_seconds)
-        report({"timing": number * repeat * warm["per_run"]})
-        return json.loads(timer(model_bytes, input_bytes, threads or 0, number, repeat))["samples"], ""
+        return comparison.litert_timer(function, Path(model).read_bytes(), packed.getvalue(), threads or 0)
     except Exception as err:  # noqa: BLE001 - LiteRT failing on the board leaves our measurement standing
         from compile.errors import last_line
 
-        return [], f"LiteRT failed on the device ({type(err).__name__}: {last_line(err)})"
+        return None, 0.0, f"LiteRT failed on the device ({type(err).__name__}: {last_line(err)})"
 
 
 def _work(report, endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,
           timeout: float, model: str | None) -> dict:
     """Runs in the worker process; report(dict) tells the sweep how far it got (its heartbeat)."""
-    from deploy import runner
+    from deploy import comparison, runner
     from deploy.session import LocalSession
 
     session = LocalSession() if endpoint is None else endpoint.open()  # may wait in the tracker's queue
@@ -115,30 +96,27 @@ def _work(report, endpoint, library: str, remote_name: str, kind: str, input_set
         vm.invoke_stateful("main")
     begun = time.perf_counter()  # one more untimed run, warm, sizes the timed ones
     vm.invoke_stateful("main")
-    per_run = time.perf_counter() - begun
-    samples = []
-    # A third of what is left of --timeout for our timed runs, as much for LiteRT's after them: the
-    # rest is the margin for a slow device.
-    number, repeat = fit_timing(settings.number, settings.repeat, per_run,
-                                (timeout - (time.perf_counter() - begin)) / 3)
-    repeat_seconds = max(number * per_run, settings.min_repeat_ms / 1e3) + settings.cooldown_ms / 1e3
-    chunk = max(1, min(repeat, int(HEARTBEAT_S / max(repeat_seconds, 1e-9))))
-    timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=chunk,
-                              min_repeat_ms=settings.min_repeat_ms, cooldown_interval_ms=settings.cooldown_ms)
-    report({"timing": chunk * repeat_seconds})
-    while len(samples) < repeat:
-        samples += list(timer("main").results)[: repeat - len(samples)]
-        report({"timed": len(samples)})
-    litert, litert_note = [], "not asked for"
+    timers = {"ours": comparison.tvm_timer(vm, device)}
+    per_run = {"ours": time.perf_counter() - begun}
+    litert_note = "not asked for"
     if settings.litert and model and kind == "cpu":
-        litert, litert_note = _time_litert(session, report, Path(model), input_sets[0], threads, number, repeat,
-                                           (timeout - (time.perf_counter() - begin)) / 2)
+        timer, seconds, litert_note = _load_litert(session, report, Path(model), input_sets[0], threads)
+        if timer is not None:
+            timers["LiteRT"], per_run["LiteRT"] = timer, seconds
     elif settings.litert and kind != "cpu":
         litert_note = "LiteRT is timed on the CPU; this model runs on the GPU"
+    # Half of what is left of --timeout for the timed runs of both: the rest is the margin for a slow
+    # device. One plan for both (deploy/comparison.py): the same runs, turns and cooldown.
+    plan = comparison.plan(settings.number, settings.repeat, per_run, (begin + timeout - time.perf_counter()) / 2,
+                           settings.min_repeat_ms, settings.cooldown_ms)
+    report({"timing": max(plan.share_seconds(seconds) for seconds in per_run.values()), "plan": vars(plan),
+            "runtimes": list(timers)})
+    samples = comparison.interleave(timers, plan, report)
     session.close()
-    return {"outputs": outputs, "load_seconds": load_seconds, "warmup_ms": warmup_ms, "samples": samples,
-            "threads": threads, "timed": {"number": number, "repeat": repeat}, "board": session.board,
-            "litert": litert, "litert_note": litert_note}
+    return {"outputs": outputs, "load_seconds": load_seconds, "warmup_ms": warmup_ms, "samples": samples["ours"],
+            "threads": threads, "timed": {"number": plan.number, "repeat": plan.samples, "turns": plan.turns},
+            "board": session.board, "litert": samples.get("LiteRT", []),
+            "litert_note": "" if "LiteRT" in samples else litert_note}
 
 
 def _worker(connection, *args) -> None:
@@ -153,10 +131,11 @@ def _worker(connection, *args) -> None:
 
 
 def run_on_device(endpoint, library: Path, remote_name: str, kind: str, input_sets, settings: TimingSettings,
-                  timeout: float, model: Path | None = None) -> dict:
+                  timeout: float, model: Path | None = None, progress=None) -> dict:
     """outputs per input set, load_seconds, warmup_ms, timing samples (seconds per run), the
     threads the device's runtime ran, the number and repeat timed (fitted to the timeout), and the
-    board. A device that stops reporting during the timed runs is abandoned early (heartbeat)."""
+    board. A device that stops reporting during the timed runs is abandoned early (heartbeat).
+    progress(str), if given, hears when each runtime's timed runs start, and on which board."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_worker, args=(sender, endpoint, str(library), remote_name, kind,
@@ -192,6 +171,11 @@ def run_on_device(endpoint, library: Path, remote_name: str, kind: str, input_se
             if "timing" in message:
                 chunk = message["timing"]
                 silence = max(SILENCE_S, 4 * chunk)
+                if progress is not None:
+                    plan = message["plan"]
+                    progress(f"timed runs started on {board or 'this machine'} ({' and '.join(message['runtimes'])}: "
+                             f"{plan['samples']} samples of {plan['number']} runs each, in {plan['turns']} "
+                             f"interleaved turns)")
             if message.get("quiet"):  # a step that reports nothing until done: only --timeout applies
                 silence = None
             if "ok" in message or "error" in message:

@@ -27,10 +27,22 @@ from compile.float64_reference import Float64Model, NoReference
 PLAIN_KERNELS_TIMEOUT_S = 600
 
 
+def litert_interpreter():
+    """LiteRT's (Interpreter, OpResolverType); a UserError saying how to install it where it is absent
+    (it is an extra of this package: the checks need it, building and deploying do not)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise UserError("Checking against LiteRT needs LiteRT, the TFLite runtime, which is not installed here: "
+                        "pip install ai-edge-litert (or install this project with its extra: "
+                        "pip install 'mnv2-edge[check]'). Building and running models do not need it.") from None
+    return Interpreter, OpResolverType
+
+
 class LiteRTModel:
     def __init__(self, model_path: str | Path, num_threads: int | None = None, reference_kernels: bool = False):
         """XNNPACK (LiteRT's default CPU path), or with reference_kernels TFLite's plain kernels."""
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        Interpreter, OpResolverType = litert_interpreter()
 
         resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
         self.interpreter = Interpreter(

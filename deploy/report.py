@@ -8,8 +8,8 @@ from pathlib import Path
 from deploy.results import BenchmarkResult
 
 CSV_FIELDS = ["name", "target", "device", "width", "resolution", "dtype", "status", "macs", "params",
-              "mean_ms", "median_ms", "p90_ms", "std_ms", "min_ms", "max_ms", "runs", "gmacs_per_second",
-              "threads", "litert_median_ms", "vs_litert", "litert_note", "warmup_ms", "load_seconds",
+              "mean_ms", "median_ms", "p10_ms", "p90_ms", "std_ms", "min_ms", "max_ms", "runs", "gmacs_per_second",
+              "threads", "litert_median_ms", "litert_p10_ms", "vs_litert", "litert_note", "warmup_ms", "load_seconds",
               "model_size_bytes", "library_size_bytes", "emulated", "board", "retried", "error"]
 
 
@@ -18,6 +18,7 @@ def _row(result: BenchmarkResult) -> dict:
     row["retried"] = " | ".join(result.retried)
     if result.litert:
         row["litert_median_ms"], row["vs_litert"] = round(result.litert.median_ms, 4), round(result.vs_litert, 3)
+        row["litert_p10_ms"] = result.litert.p10_ms and round(result.litert.p10_ms, 4)
     if result.latency:
         row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in vars(result.latency).items()})
     return row

@@ -20,12 +20,13 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     runs: int
+    p10_ms: float | None = None  # beside the median (deploy/comparison.py); absent in older results
 
     @classmethod
     def from_seconds(cls, samples: list[float]) -> "LatencyStats":
         ms = np.asarray(samples, dtype=np.float64) * 1e3
         return cls(float(ms.mean()), float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.std()),
-                   float(ms.min()), float(ms.max()), len(ms))
+                   float(ms.min()), float(ms.max()), len(ms), float(np.percentile(ms, 10)))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from compile.paths import DEFAULT_OUT
 from compile.images import model_inputs
 from deploy import loopback, report, results
 from deploy.measure import DeviceError, Interrupted, TimingSettings, run_on_device
-from deploy.check import compare_with_litert
+from deploy.artifact_check import compare_with_litert
 from deploy.session import Endpoint
 
 
@@ -36,14 +36,17 @@ class SweepConfig:
     results: Path = Path("results")
     dist: Path = DEFAULT_OUT  # artifacts
     tuning_log: Path | None = None
+    no_tuning: bool = False  # every kernel its default schedule, whatever database there is
+    int8_lowering: str = "integer"  # quantized files: integer kernels, or TVM's float lowering
     device_label: str = ""
     emulated: bool = False
-    force: bool = False  # measure again even what an identical earlier measurement covers
+    remeasure: bool = False  # measure again even what an identical earlier measurement covers
 
 
 def build_jobs(config: SweepConfig) -> list[tuple[str, pipeline.BuildRequest]]:
     """(label, build request) for each model of the sweep: the given files, or the variants."""
-    return config.selection.requests(target=config.target, out=config.dist, tuning_log=config.tuning_log)
+    return config.selection.requests(target=config.target, out=config.dist, tuning_log=config.tuning_log,
+                                     no_tuning=config.no_tuning, int8_lowering=config.int8_lowering)
 
 
 def _device_label(config: SweepConfig) -> str:
@@ -65,7 +68,7 @@ def _timing_record(config: SweepConfig) -> dict:
     return {**vars(config.timing), "timeout_s": config.timeout}
 
 
-def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResult:
+def measure_variant(config: SweepConfig, out_dir: Path, progress=None) -> results.BenchmarkResult:
     manifest = Manifest.read(out_dir)
     variant = manifest.model.variant
     result = results.BenchmarkResult(
@@ -80,7 +83,7 @@ def measure_variant(config: SweepConfig, out_dir: Path) -> results.BenchmarkResu
     try:
         device = run_on_device(config.endpoint, out_dir / LIBRARY, f"{manifest.name}.so", manifest.app.device,
                                input_sets, config.timing, time_limit(config, variant and variant.macs),
-                               out_dir / MODEL_COPY)
+                               out_dir / MODEL_COPY, progress)
     except DeviceError as err:
         result.error, result.board, result.board_lost = str(err), err.board, err.board_lost
         return result
@@ -127,7 +130,7 @@ def measure_on_farm(config: SweepConfig, out_dir: Path, boards: int, step: str, 
     once per other board."""
     retried = []
     while True:
-        result = measure_variant(config, out_dir)
+        result = measure_variant(config, out_dir, lambda message: progress(f"{step}: {message}"))
         result.retried = retried
         if result.status != "failed" or boards < 2 or len(retried) >= boards - 1:
             return result
@@ -169,10 +172,17 @@ def _record(config: SweepConfig, step: str, result: results.BenchmarkResult, pro
 
 def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResult]:
     """Run every model of the sweep; returns this run's results. A model whose identical measurement
-    (same library, database, timing and device) is in results.jsonl keeps it, unless config.force.
+    (same library, database, timing and device) is in results.jsonl keeps it, unless config.remeasure.
     With several boards under the tracker key, up to one model per board is measured at once while
     the next ones build."""
     path = Path(config.results) / "results.jsonl"
+    said = threading.Lock()  # the measuring threads and the building one print whole lines
+    printer = progress
+
+    def progress(message: str) -> None:
+        with said:
+            printer(message)
+
     todo = build_jobs(config)
     done = {r.measurement: r for r in results.load(path) if r.status == "ok"}
     this_run: list[results.BenchmarkResult] = []
@@ -216,9 +226,9 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             key = results.measurement_key(config.target, _device_label(config), manifest.name,
                                           manifest.library.sha256, manifest.tuning.get("fingerprint"),
                                           _timing_record(config))
-            if key in done and not config.force:
+            if key in done and not config.remeasure:
                 progress(f"{step}: done before, skipped (the same library, database and timing measured on "
-                         f"{done[key].finished_at}; --force measures again)")
+                         f"{done[key].finished_at}; --remeasure measures again)")
                 with lock:
                     this_run.append(done[key])
                 free.release()

@@ -81,10 +81,13 @@ def test_main_job_writes_an_aarch64_library_and_manifest(tmp_path):
     assert app.preprocess.value_range == (-1.0, 1.0) and app.labels is None  # generated: no class names
     # Each kernel got the rule of its kind, as the tuner classifies kernels (by the weight's shape).
     tasks = tuning.classified_tasks(load_relax(out / "model.tflite")[0], load_profile("arm_cpu").tvm_target())
-    rule_of_kind = {"pointwise": "Pointwise", "depthwise": "Depthwise", "stem": "DirectConv"}
+    # The convs have one rule each; the rest (the classifier, the mean, softmax, the input's pad)
+    # have theirs, none of the convs'.
+    rules_of_kind = {"pointwise": {"Pointwise"}, "depthwise": {"Depthwise"}, "stem": {"DirectConv"},
+                     "other": {"Dense", "Elementwise", "Pooling"}}
     assert len(manifest.schedules) == len(tasks) == 33
     for task, kind in tasks:
-        assert manifest.schedules[task.task_name] == rule_of_kind.get(kind, manifest.schedules[task.task_name])
+        assert manifest.schedules[task.task_name] in rules_of_kind[kind], (task.task_name, kind)
     assert sorted(set(manifest.schedules.values())) == ["Dense", "Depthwise", "DirectConv", "Elementwise",
                                                             "Pointwise", "Pooling"]
     again = build(tmp_path, "--target", "arm_cpu", "--width", "1.0")
@@ -161,12 +164,14 @@ def test_opencl_kernels_compile_with_a_real_opencl_compiler(target, tmp_path):
 
 @pytest.mark.slow
 def test_host_build_checks_against_litert(tmp_path):
-    """deploy/check.py builds for this machine and compares with LiteRT; a device target is refused."""
+    """deploy/check.py builds for this machine and compares with LiteRT; a device target needs a way
+    to reach the device (the same device flags as bench)."""
     result = run_cli("deploy/check.py", "--width", "0.35", "--res", "96", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert ": OK: worst error against float64" in result.stdout
     assert (tmp_path / "host" / "mnv2_0.35_96_float32" / "model.so").is_file()
-    assert_clean_error(run_cli("deploy/check.py", "--target", "rasp4b", "--out", tmp_path), "takes --target host")
+    assert_clean_error(run_cli("deploy/check.py", "--target", "rasp4b", "--out", tmp_path), "give --rpc-tracker")
+    assert not (tmp_path / "rasp4b").exists()  # refused before building
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from compile import pipeline
 from compile.generate import write_variant
 from compile.images import load_photo, picture_input
 from compile.variants import Variant
-from deploy.check import check_artifact
+from deploy.artifact_check import check_artifact
 from deploy.session import LocalSession
 from deploy.verify import top_k
 

@@ -45,8 +45,11 @@ def test_host_server_through_tracker_times_and_verifies(tmp_path):
             assert 0 < r.latency.min_ms <= r.latency.median_ms <= r.latency.p90_ms <= r.latency.max_ms
             assert r.gmacs_per_second > 0 and r.load_seconds > 0 and r.macs and r.params
             assert r.verification and all(c["ok"] for c in r.verification)
-            # LiteRT timed on the same server (deploy/board_server.py), same file, inputs and threads
-            assert r.litert and r.litert.runs == 5 and r.vs_litert > 0 and r.threads
+            # LiteRT timed on the same server (deploy/board_server.py) by the same plan as ours
+            # (deploy/comparison.py): as many samples, taken in the same interleaved turns
+            assert r.litert and r.litert.runs == r.latency.runs == 5 and r.vs_litert > 0 and r.threads
+            assert r.timed == {"number": 2, "repeat": 5, "turns": 5}
+            assert r.latency.p10_ms <= r.latency.median_ms and r.litert.p10_ms <= r.litert.median_ms
         out = tmp_path / "results"
         assert (out / "results.csv").read_text().count("\n") == 5
         report = (out / "report.md").read_text()
@@ -119,6 +122,17 @@ def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
     assert not _rpc_server_pids()  # the board was stopped
 
 
+def test_check_runs_a_device_build_on_the_emulated_board(tmp_path):
+    """mnv2-check takes bench's device flags: the rasp5 build (made by the test above, reused) runs
+    on the emulated board and is checked against the references here."""
+    result = run_cli("deploy/check.py", "--target", "rasp5", "--emulated-board", *SMALL, "--out",
+                     tmp_path.parent / "dist", timeout=900)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert re.search(r"\[check\] \S+/rasp5/mnv2_0.35_96_float32 on emulated board .*: OK: ", result.stdout), \
+        result.stdout
+    assert not _rpc_server_pids()  # the board was stopped
+
+
 def test_no_tracker_and_no_server_for_key_fail_fast(tmp_path):
     free = loopback.free_port_span(1)
     started = time.monotonic()
@@ -151,8 +165,10 @@ def test_loopback_ports_avoid_the_ephemeral_range():
         assert port + loopback.PORT_SPAN <= low
 
 
-def _sweep_until_running(tmp_path, port, extra, in_flight=1):
-    """Start a long-timed sweep; return it once `in_flight` variants run on the device(s)."""
+def _sweep_until_timing(tmp_path, port, extra, board=""):
+    """Start a long-timed sweep; return it once its timed runs have started on a board (on `board`
+    if given: a "host:port"), as the sweep reports it: an event, not a guess of how long the upload
+    and load take on this machine."""
     command = [sys.executable, "deploy/bench.py", "--results", str(tmp_path / "results"), "--out",
                str(tmp_path.parent / "dist"), "--target", "host", "--rpc-tracker", f"127.0.0.1:{port}",
                "--rpc-key", "host", "--number", "50", "--repeat", "1000", "--key-wait", "3", *extra]
@@ -160,19 +176,17 @@ def _sweep_until_running(tmp_path, port, extra, in_flight=1):
     proc.seen = []  # the lines read here, before communicate() reads the rest
     for line in proc.stdout:
         proc.seen.append(line)
-        in_flight -= "running on" in line
-        if in_flight == 0:
-            time.sleep(4)  # past upload and load, into the timed runs
+        if f"timed runs started on {board}" in line:
             return proc
-    raise AssertionError(proc.stderr.read())
+    raise AssertionError("".join(proc.seen) + proc.stderr.read())
 
 
 def test_server_killed_mid_run_marks_the_variant_failed_and_keeps_results(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
-        proc = _sweep_until_running(tmp_path, services.find("tracker").port,
-                                    ["--widths", "0.35", "--resolutions", "96,128", "--timeout", "120"])
+        proc = _sweep_until_timing(tmp_path, services.find("tracker").port,
+                                   ["--widths", "0.35", "--resolutions", "96,128", "--timeout", "120"])
         loopback.stop_pid(services.find("server-host").pid)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=600)  # a guard against a hang, not a measure
     assert proc.returncode == 2, out + err
     assert "Traceback" not in err and "no device is registered" in err.lower()
     failed = read_results(tmp_path)
@@ -183,16 +197,18 @@ def test_server_killed_mid_run_marks_the_variant_failed_and_keeps_results(tmp_pa
 def test_frozen_server_is_found_by_its_heartbeat_long_before_the_timeout(tmp_path):
     with tracker_with_servers(tmp_path / "logs") as services:
         # The timed runs are fitted to a third of --timeout (over a minute of them), in chunks of about 5 s
-        # each reported to the sweep; frozen 4 s in, the silence gives it away after 20 s, not 300.
-        proc = _sweep_until_running(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "300"])
+        # each reported to the sweep; frozen in them, the silence gives it away after 20 s, not 300.
+        proc = _sweep_until_timing(tmp_path, services.find("tracker").port, [*SMALL, "--timeout", "300"])
         server = services.find("server-host")
         os.killpg(server.pid, signal.SIGSTOP)
         started = time.monotonic()
-        out, err = proc.communicate(timeout=200)
-        assert time.monotonic() - started < 60
+        out, err = proc.communicate(timeout=900)  # a guard against a hang, not a measure
+        waited = time.monotonic() - started
     assert proc.returncode == 1, out + err
     frozen = read_results(tmp_path)[0]
     assert frozen.status == "failed" and "stopped answering during the timed runs" in frozen.error
+    silence = float(re.search(r"no word for (\d+) s", frozen.error).group(1))
+    assert silence < 100 and waited < 300, (silence, waited)  # the heartbeat's silence, not --timeout 300
     assert f":{server.port}" in frozen.board  # the board that froze is named
     assert json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[0])["status"] == "failed"
 
@@ -206,9 +222,9 @@ def test_ctrl_c_writes_out_what_finished(tmp_path):
                       *SMALL, "--number", "50", "--repeat", "1000", "--timeout", "20")
         assert first.returncode == 0, first.stderr
         (tmp_path / "results" / "report.md").unlink()
-        proc = _sweep_until_running(tmp_path, port, ["--widths", "0.35", "--resolutions", "96,128", "--timeout", "20"])
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc = _sweep_until_timing(tmp_path, port, ["--widths", "0.35", "--resolutions", "96,128", "--timeout", "20"])
+        proc.send_signal(signal.SIGINT)  # in 0.35/128's timed runs (0.35/96 was done before)
+        out, err = proc.communicate(timeout=600)  # a guard against a hang, not a measure
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     report = (tmp_path / "results" / "report.md").read_text()
     assert "| 0.35 |" in report  # the variant finished before Ctrl-C is in the report
@@ -252,7 +268,7 @@ def test_users_own_tflite_files_are_swept_like_the_variants(tmp_path, shared_mod
 
 def test_a_rerun_keeps_only_identical_measurements(tmp_path):
     """Results are keyed by what was measured (library sha256, database, timing, device): a rerun keeps
-    an identical one, --force or other timing measures again, and an old failure in the history does
+    an identical one, --remeasure or other timing measures again, and an old failure in the history does
     not count against a later run."""
     flags = ["--target", "host", *SMALL, *QUICK_TIMING]
     first = bench(tmp_path, *flags)
@@ -265,7 +281,7 @@ def test_a_rerun_keeps_only_identical_measurements(tmp_path):
     assert again.returncode == 0, again.stdout  # this run's exit code: the old failure is history
     assert "done before, skipped" in again.stdout and "running on" not in again.stdout
     assert "mnv2_0.5_128" not in (tmp_path / "results" / "report.md").read_text()
-    forced = bench(tmp_path, *flags, "--force")
+    forced = bench(tmp_path, *flags, "--remeasure")
     assert forced.returncode == 0 and "running on local" in forced.stdout
     other_timing = bench(tmp_path, "--target", "host", *SMALL, "--number", "2", "--repeat", "6")
     assert "running on local" in other_timing.stdout and "done before" not in other_timing.stdout
@@ -283,11 +299,12 @@ def test_a_farm_under_one_key_measures_in_parallel_and_moves_a_dead_boards_varia
     assert built.returncode == 0, built.stderr
     with tracker_with_servers(tmp_path / "logs", keys=("host", "host")) as services:
         doomed = services.find("server-host-0")
-        proc = _sweep_until_running(tmp_path, services.find("tracker").port,
-                                    ["--widths", "0.35", "--resolutions", "96,128,160", "--timeout", "20"],
-                                    in_flight=2)
+        # Killed once its timed runs have started (the other board measures at the same time)
+        proc = _sweep_until_timing(tmp_path, services.find("tracker").port,
+                                   ["--widths", "0.35", "--resolutions", "96,128,160", "--timeout", "20"],
+                                   board=f"127.0.0.1:{doomed.port} ")
         loopback.stop_pid(doomed.pid)
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=900)  # a guard against a hang, not a measure
     assert proc.returncode == 0, out + err
     assert "2 boards under key host" in "".join(proc.seen)
     done = read_results(tmp_path)

@@ -123,7 +123,7 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
                     "--out", tmp_path / "plain")
     assert plain.returncode == 0, plain.stderr
     tuned_sizes = _function_sizes(tmp_path / "dist" / "host" / small_model.stem / "model.so")
-    plain_sizes = _function_sizes(tmp_path / "plain" / "host" / small_model.stem / "model.so")
+    plain_sizes = _function_sizes(tmp_path / "plain" / "host" / f"{small_model.stem}_untuned" / "model.so")
     assert (tuned_sizes[stem] != plain_sizes[stem]) == found
     others = [task.task_name for task, kind in tasks if kind == "depthwise"]
     assert all(tuned_sizes[name] == plain_sizes[name] for name in others)

@@ -13,6 +13,7 @@ from compile.frontend import describe
 from compile.tflite_writer import Graph, Operator, Tensor, serialize
 from compile.variants import Variant
 from deploy.reference import LiteRTModel, plain_kernel_outputs
+from conftest import assert_clean_error, run_cli
 from deploy.verify import FLOAT_ERROR_FACTOR, check_output, rank_problem
 
 
@@ -179,3 +180,15 @@ def test_nan_where_litert_has_nan_is_a_match_and_elsewhere_a_mismatch():
     assert not elsewhere.ok and "non-finite values" in elsewhere.problem
     all_nan = check_output("y", np.full((1, 4), np.nan, np.float32), np.full((1, 4), np.nan, np.float32))
     assert all_nan.ok
+
+
+def test_check_without_litert_says_how_to_install_it(tmp_path):
+    """LiteRT is an extra of the package (the checks need it, builds do not): where it is absent,
+    mnv2-check says so before any build, in one paragraph with exit code 2."""
+    blocked = tmp_path / "ai_edge_litert"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ImportError('absent here, as after a plain pip install')\n")
+    result = run_cli("deploy/check.py", "--width", "0.35", "--res", "96", "--out", tmp_path / "dist",
+                     env={"PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert_clean_error(result, "pip install ai-edge-litert", "mnv2-edge[check]")
+    assert not (tmp_path / "dist").exists()  # nothing was built
