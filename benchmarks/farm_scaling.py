@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from compile import pipeline  # noqa: E402
-from deploy import loopback  # noqa: E402
-from deploy.measure import TimingSettings  # noqa: E402
-from deploy.session import Endpoint  # noqa: E402
-from deploy.sweep import SweepConfig, run_sweep  # noqa: E402
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.deploy import loopback
+from mnv2_edge.deploy.measure import TimingSettings
+from mnv2_edge.deploy.session import Endpoint
+from mnv2_edge.deploy.sweep import SweepConfig, run_sweep
 
 KEY = "farm"
 

@@ -29,14 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: the project root takes the script folder's place
-    sys.path[0] = str(ROOT)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from compile.generate import build_graph  # noqa: E402
-from compile.tflite_writer import Graph, serialize  # noqa: E402
-from compile.variants import Variant  # noqa: E402
+from mnv2_edge.compile.generation.generate import build_graph
+from mnv2_edge.compile.generation.tflite_writer import Graph, serialize
+from mnv2_edge.compile.generation.variants import Variant
 
 DEFECTS = ("MISMATCH", "BUG", "CRASH", "HANG")
 OTHER_OPS = ("ADD", "MUL", "RELU", "MEAN", "SOFTMAX", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D",

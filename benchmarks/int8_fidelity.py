@@ -15,14 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.frontend import describe  # noqa: E402
-from compile.generate import write_variant  # noqa: E402
-from compile.images import load_photo, model_inputs, quantize_input  # noqa: E402
-from compile.variants import Variant  # noqa: E402
-from deploy.int8_layers import KERNELS, compare_layers  # noqa: E402
+from mnv2_edge.compile.frontend.tflite_file import describe
+from mnv2_edge.compile.generation.generate import write_variant
+from mnv2_edge.compile.generation.images import load_photo, model_inputs, quantize_input
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.deploy.int8_layers import KERNELS, compare_layers
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 

@@ -21,12 +21,11 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the project; this folder stays on the path for fuzz_frontend
 
-from fuzz_frontend import judge, litert_accepts  # noqa: E402
+from fuzz_frontend import judge, litert_accepts
 
-from compile.frontend import describe  # noqa: E402
-from compile.paths import CACHE_ROOT  # noqa: E402
+from mnv2_edge.compile.frontend.tflite_file import describe
+from mnv2_edge.compile.paths import CACHE_ROOT
 
 WHEEL = "mediapipe==0.10.14"
 FOLDER = CACHE_ROOT / "real-world"

@@ -4,7 +4,7 @@ tuning_logs/host/ where it has records for the variant, and LiteRT (XNNPACK) on 
     python benchmarks/tuned_vs_litert.py [--variants 1.0/224,0.35/96 | --all-official]
                                          [--dtypes float32,int8] [--runs 30] [--threads N]
 
-int8 is the integer path (compile/integer_frontend.py). The protocol is the sweep's on a board
+int8 is the integer path (compile/frontend/integer.py). The protocol is the sweep's on a board
 (deploy/comparison.py): the same file, inputs and threads for every runtime (--threads, default this
 machine's cores, set and read back for TVM: left alone, TVM runs half the cores on x86), --runs
 single inferences each taken in 10 interleaved turns, the order rotated every turn, a pause between
@@ -24,26 +24,24 @@ import argparse
 import io
 import multiprocessing
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from compile import pipeline, tuning  # noqa: E402
-from compile.cli_common import run_main  # noqa: E402
-from compile.errors import UserError  # noqa: E402
-from compile.frontend import load_relax  # noqa: E402
-from compile.images import model_inputs  # noqa: E402
-from compile.manifest import Manifest  # noqa: E402
-from compile.paths import DEFAULT_OUT  # noqa: E402
-from compile.threads import SPIN_COUNT  # noqa: E402
-from compile.variants import Variant, official_variants  # noqa: E402
-from deploy import comparison, runner  # noqa: E402
-from deploy.session import LocalSession  # noqa: E402
-from targets.profiles import load_profile  # noqa: E402
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.compile.schedules import tuning
+from mnv2_edge.compile.cli_common import run_main
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.frontend.convert import load_relax
+from mnv2_edge.compile.generation.images import model_inputs
+from mnv2_edge.compile.artifacts.manifest import Manifest
+from mnv2_edge.compile.paths import DEFAULT_OUT
+from mnv2_edge.compile.threads import SPIN_COUNT
+from mnv2_edge.compile.generation.variants import Variant, official_variants
+from mnv2_edge.deploy import comparison, runner
+from mnv2_edge.deploy.session import LocalSession
+from mnv2_edge.targets.profiles import load_profile
 
 TURNS = 10
 CONTROL_OFF = 1.25  # LiteRT's median this far from its control's (either way): timed again

@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python compile/build.py` puts compile/ first on sys.path, where its modules would shadow
-    # libraries; the project root takes its place so `compile`, `deploy` and `targets` import.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_lowering_flags, add_model_flags, run_main  # noqa: E402
+from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def list_variants(as_json: bool) -> None:
-    from compile.variants import OFFICIAL_TABLE, official_variants
+    from mnv2_edge.compile.generation.variants import OFFICIAL_TABLE, official_variants
 
     rows = [{"width": v.width, "resolution": v.resolution, "macs": v.macs, "params": v.params}
             for v in official_variants()]
@@ -61,7 +56,7 @@ def list_variants(as_json: bool) -> None:
 
 
 def list_targets(as_json: bool) -> None:
-    from targets.profiles import all_profiles
+    from mnv2_edge.targets.profiles import all_profiles
 
     profiles = all_profiles()
     if as_json:
@@ -72,8 +67,9 @@ def list_targets(as_json: bool) -> None:
 
 
 def describe(path: Path, as_json: bool) -> None:
-    from compile import isolated
-    from compile.frontend import check_convertible, describe as describe_model
+    from mnv2_edge.compile.artifacts import isolated
+    from mnv2_edge.compile.frontend.convert import check_convertible
+    from mnv2_edge.compile.frontend.tflite_file import describe as describe_model
 
     info = describe_model(path)
     # Also reports what TVM cannot convert; in a child, as converting enters TVM's native code.
@@ -100,10 +96,10 @@ def main(argv=None) -> int:
     if args.describe:
         describe(args.describe, args.json)
         return 0
-    from compile import pipeline, runtime_bundle
-    from compile.cli_common import model_selection, parse_range
-    from compile.paths import DEFAULT_OUT
-    from targets.profiles import load_profile
+    from mnv2_edge.compile.artifacts import pipeline, runtime_bundle
+    from mnv2_edge.compile.cli_common import model_selection, parse_range
+    from mnv2_edge.compile.paths import DEFAULT_OUT
+    from mnv2_edge.targets.profiles import load_profile
 
     profile = load_profile(args.target)  # an unknown target fails before anything is generated
     if args.bundle_runtime:  # before building: a target no prebuilt runtime serves fails at once

@@ -9,7 +9,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from compile.errors import UserError, last_line
+from mnv2_edge.targets.errors import UserError, last_line
 
 
 def run_main(main) -> None:
@@ -108,7 +108,7 @@ def add_lowering_flags(parser: argparse.ArgumentParser, no_tuning: bool = True) 
 
 def model_selection(args):
     """The ModelSelection the flags of add_model_flags chose."""
-    from compile.pipeline import ModelSelection
+    from mnv2_edge.compile.artifacts.pipeline import ModelSelection
 
     return ModelSelection(widths=args.widths, resolutions=args.resolutions, dtypes=args.dtypes,
                           all_official=args.all_official, models=args.models, expansion=args.expansion,

@@ -9,7 +9,7 @@ import struct
 import subprocess
 import time
 
-from compile.errors import UserError
+from mnv2_edge.targets.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 PORT_SPAN = 10  # TVM's servers need --port-end; they take the first free port of the span

@@ -13,14 +13,10 @@ Resumable: tasks that already hold --trials records are skipped. Ctrl-C leaves a
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python compile/tune.py` puts compile/ first on sys.path; the project root takes its place.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_lowering_flags, add_model_flags, add_rpc_flags, run_main  # noqa: E402
+from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags, add_rpc_flags, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,17 +45,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from compile.paths import SOURCE_CHECKOUT
+    from mnv2_edge.compile.paths import SOURCE_CHECKOUT
 
     if not SOURCE_CHECKOUT and args.tuning_log is None:
-        from compile.errors import UserError
+        from mnv2_edge.targets.errors import UserError
 
         raise UserError("An installed mnv2-edge does not write into its installation: give --tuning-log DIR for "
                         "the database to write (and pass the same --tuning-log to mnv2-build and mnv2-bench).")
     if args.compact is not None:
         return compact(args)
-    from compile.tune_job import KINDS, TuneRequest, tune
-    from compile.cli_common import parse_host_port
+    from mnv2_edge.compile.schedules.tune_job import KINDS, TuneRequest, tune
+    from mnv2_edge.compile.cli_common import parse_host_port
 
     request = TuneRequest(
         tuned_model(args),
@@ -88,9 +84,9 @@ def tuned_model(args):
     whose distinct tasks are tuned once each."""
     from dataclasses import replace
 
-    from compile.cli_common import model_selection
-    from compile.errors import UserError
-    from compile.paths import DEFAULT_OUT
+    from mnv2_edge.compile.cli_common import model_selection
+    from mnv2_edge.targets.errors import UserError
+    from mnv2_edge.compile.paths import DEFAULT_OUT
 
     selection = model_selection(args)
     common = dict(target=args.target, tuning_log=args.tuning_log, int8_lowering=args.int8_lowering,
@@ -106,9 +102,9 @@ def tuned_model(args):
 
 
 def compact(args) -> int:
-    from compile import tuning
-    from compile.errors import UserError
-    from targets.profiles import load_profile
+    from mnv2_edge.compile.schedules import tuning
+    from mnv2_edge.targets.errors import UserError
+    from mnv2_edge.targets.profiles import load_profile
 
     path = Path(args.tuning_log or tuning.database_path(load_profile(args.target)))
     if not tuning.has_database(path):

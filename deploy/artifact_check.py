@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile.images import model_inputs
-from compile.manifest import LIBRARY, MODEL_COPY, Manifest
-from deploy import runner
-from deploy.reference import Reference, reference_outputs
-from deploy.verify import OutputCheck, check_outputs, pool_litert_error
+from mnv2_edge.compile.generation.images import model_inputs
+from mnv2_edge.compile.artifacts.manifest import LIBRARY, MODEL_COPY, Manifest
+from mnv2_edge.deploy import runner
+from mnv2_edge.deploy.reference import Reference, reference_outputs
+from mnv2_edge.deploy.verify import OutputCheck, check_outputs, pool_litert_error
 
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -35,8 +35,8 @@ def litert_references(model: Path, input_sets, lowering: str = "") -> list[Refer
     lowering: the manifest's; "integer" holds integer outputs to TFLite's reference kernels."""
     tolerance = None
     if lowering == "integer":
-        from compile.frontend import read_model
-        from compile.integer_frontend import output_tolerances
+        from mnv2_edge.compile.frontend.tflite_file import read_model
+        from mnv2_edge.compile.frontend.integer import output_tolerances
 
         tolerance = output_tolerances(read_model(model)[0])
     return reference_outputs(model, input_sets, tolerance)

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python deploy/bench.py` puts deploy/ first on sys.path; the project root takes its place.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import add_lowering_flags, add_model_flags, model_selection, run_main  # noqa: E402
-from compile.errors import UserError  # noqa: E402
-from deploy.device_flags import add_device_flags, endpoint_for  # noqa: E402
+from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags, model_selection, run_main
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.deploy.device_flags import add_device_flags, endpoint_for
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,10 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from deploy.measure import TimingSettings
-    from deploy.sweep import SweepConfig, run_sweep
-    from compile.threads import profile_threads
-    from targets.profiles import load_profile
+    from mnv2_edge.deploy.measure import TimingSettings
+    from mnv2_edge.deploy.sweep import SweepConfig, run_sweep
+    from mnv2_edge.compile.threads import profile_threads
+    from mnv2_edge.targets.profiles import load_profile
 
     profile = load_profile(args.target)  # unknown targets fail before anything starts
     selection = model_selection(args)

@@ -11,21 +11,16 @@ Emulated timings are for correctness only, never device latencies.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python deploy/board.py` puts deploy/ first on sys.path; the project root takes its place.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import run_main  # noqa: E402
+from mnv2_edge.compile.cli_common import run_main
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["provision", "start", "status", "stop"])
     args = parser.parse_args(argv)
-    from deploy import emulated_board
+    from mnv2_edge.deploy import emulated_board
 
     if args.action == "provision":
         emulated_board.provision()

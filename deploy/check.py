@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python deploy/check.py` puts deploy/ first on sys.path; the project root takes its place.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from compile.cli_common import add_lowering_flags, add_model_flags
-    from deploy.device_flags import add_device_flags
+    from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags
+    from mnv2_edge.deploy.device_flags import add_device_flags
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(parser, default_target="host")
@@ -32,15 +27,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from compile import pipeline
-    from compile.cli_common import model_selection
-    from compile.paths import DEFAULT_OUT
-    from deploy.artifact_check import check_artifact
-    from deploy.device_flags import endpoint_for
-    from deploy.reference import litert_interpreter
-    from deploy.session import LocalSession
-    from deploy.verify import summarize
-    from targets.profiles import load_profile
+    from mnv2_edge.compile.artifacts import pipeline
+    from mnv2_edge.compile.cli_common import model_selection
+    from mnv2_edge.compile.paths import DEFAULT_OUT
+    from mnv2_edge.deploy.artifact_check import check_artifact
+    from mnv2_edge.deploy.device_flags import endpoint_for
+    from mnv2_edge.deploy.reference import litert_interpreter
+    from mnv2_edge.deploy.session import LocalSession
+    from mnv2_edge.deploy.verify import summarize
+    from mnv2_edge.targets.profiles import load_profile
 
     args = parse_args(argv)
     litert_interpreter()  # the reference: say it is missing before any build, not after
@@ -66,7 +61,7 @@ def main(argv=None) -> int:
 
 def cli() -> None:
     """The console entry point (pyproject.toml's [project.scripts])."""
-    from compile.cli_common import run_main
+    from mnv2_edge.compile.cli_common import run_main
 
     run_main(main)
 

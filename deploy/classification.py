@@ -1,5 +1,5 @@
 """Classify pictures with a built artifact, here or on a device through any session, as an app would:
-preprocessing and labels from the manifest (compile/manifest.py); optionally checked against LiteRT
+preprocessing and labels from the manifest (compile/artifacts/manifest.py); optionally checked against LiteRT
 on this machine with the same input tensors."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.errors import UserError
-from compile.images import picture_input
-from compile.manifest import LIBRARY, MODEL_COPY, Manifest
-from deploy import runner
-from deploy.verify import OutputCheck, top_k
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.generation.images import picture_input
+from mnv2_edge.compile.artifacts.manifest import LIBRARY, MODEL_COPY, Manifest
+from mnv2_edge.deploy import runner
+from mnv2_edge.deploy.verify import OutputCheck, top_k
 
 
 @dataclass
@@ -38,8 +38,8 @@ def _scores(output: np.ndarray, spec) -> np.ndarray:
 def classify(out_dir: str | Path, images: list[Path], session, top: int = 5, check: bool = False,
              threads: int | None = None) -> list[Prediction]:
     """Top-`top` classes of each picture with out_dir's model in `session` (deploy.session)."""
-    from deploy.artifact_check import litert_references
-    from deploy.verify import check_outputs, pool_litert_error
+    from mnv2_edge.deploy.artifact_check import litert_references
+    from mnv2_edge.deploy.verify import check_outputs, pool_litert_error
 
     out_dir = Path(out_dir)
     manifest = Manifest.read(out_dir)

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # `python deploy/classify.py` puts deploy/ first on sys.path; the project root takes its place.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from compile.cli_common import run_main  # noqa: E402
-from compile.errors import UserError  # noqa: E402
-from deploy.device_flags import add_device_flags, endpoint_for  # noqa: E402
+from mnv2_edge.compile.cli_common import run_main
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.deploy.device_flags import add_device_flags, endpoint_for
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,10 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from compile.errors import last_line
-    from compile.manifest import Manifest
-    from deploy.classification import classify
-    from deploy.session import LocalSession
+    from mnv2_edge.targets.errors import last_line
+    from mnv2_edge.compile.artifacts.manifest import Manifest
+    from mnv2_edge.deploy.classification import classify
+    from mnv2_edge.deploy.session import LocalSession
 
     manifest = Manifest.read(args.artifact)
     missing = [str(path) for path in args.images if not path.is_file()]
@@ -70,7 +66,7 @@ def main(argv=None) -> int:
         for rank, (c, score, name) in enumerate(zip(p.classes, p.scores, p.labels), 1):
             print(f"  {rank}. {c:>4} {score:9.5f}  {name}")
         if args.check:
-            from deploy.verify import summarize
+            from mnv2_edge.deploy.verify import summarize
 
             print(f"  LiteRT top-{args.top}: {p.litert_classes}; {'OK' if p.ok else 'MISMATCH'}: {summarize(p.checks)}"
                   + ("" if p.ok else "; " + "; ".join(f"{c.name}: {c.problem}" for c in p.checks if not c.ok)))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from compile.cli_common import add_rpc_flags
-from compile.errors import UserError
-from deploy.session import DEFAULT_SESSION_TIMEOUT
+from mnv2_edge.compile.cli_common import add_rpc_flags
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.deploy.session import DEFAULT_SESSION_TIMEOUT
 
 
 def add_device_flags(parser) -> None:
@@ -28,10 +28,10 @@ def add_device_flags(parser) -> None:
 
 def endpoint_for(args, stack: contextlib.ExitStack):
     """The Endpoint to run on (None: this machine) and a label for the report."""
-    from deploy import emulated_board, ssh_tunnel
-    from compile.cli_common import parse_host_port
-    from deploy.session import Endpoint
-    from targets.profiles import load_profile
+    from mnv2_edge.deploy import emulated_board, ssh_tunnel
+    from mnv2_edge.compile.cli_common import parse_host_port
+    from mnv2_edge.deploy.session import Endpoint
+    from mnv2_edge.targets.profiles import load_profile
 
     chosen = [flag for flag in ("rpc_tracker", "rpc_host", "ssh", "emulated_board") if getattr(args, flag)]
     if len(chosen) > 1:

@@ -9,16 +9,15 @@ only, never for tuning or latency claims.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
-from compile.errors import UserError
-from compile.paths import CACHE_ROOT
-from deploy import loopback
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.paths import CACHE_ROOT
+from mnv2_edge.deploy import loopback
 
 CACHE = CACHE_ROOT / "board"
 ROOT = CACHE / "rootfs"  # arm64 files, found by qemu through QEMU_LD_PREFIX

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from compile import default_schedules
-from compile.frontend import op_name, read_model
-from compile.integer_frontend import from_quantized_tflite
+from mnv2_edge.compile.schedules import default_schedules
+from mnv2_edge.compile.frontend.tflite_file import op_name, read_model
+from mnv2_edge.compile.frontend.integer import from_quantized_tflite
 
 KERNELS = {"reference": "BUILTIN_REF", "optimized": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "xnnpack": "AUTO"}
 
 
 def _litert_tensors(path: Path, kernels: str, values, indices: list[int]) -> list[np.ndarray | None]:
-    from deploy.reference import litert_interpreter
+    from mnv2_edge.deploy.reference import litert_interpreter
 
     Interpreter, OpResolverType = litert_interpreter()
 
@@ -45,7 +45,7 @@ def compare_layers(path: str | Path, input_sets, kernels=tuple(KERNELS)) -> dict
     import tvm
     from tvm import relax
 
-    from targets.profiles import load_profile
+    from mnv2_edge.targets.profiles import load_profile
 
     path = Path(path)
     model, _ = read_model(path)

@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compile.errors import UserError
-from compile.rpc_tracker import LOOPBACK, PORT_SPAN, tracker_keys, wait_for_key, wait_for_port
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.rpc_tracker import LOOPBACK, PORT_SPAN, tracker_keys, wait_for_key, wait_for_port
 
 BOARD_SERVER = Path(__file__).resolve().parent / "board_server.py"
 

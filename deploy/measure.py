@@ -55,7 +55,7 @@ def _load_litert(session, report, model: Path, inputs, threads: int | None):
 
     import numpy as np
 
-    from deploy import comparison
+    from mnv2_edge.deploy import comparison
 
     function, why = session.litert_timer()
     if function is None:
@@ -66,7 +66,7 @@ def _load_litert(session, report, model: Path, inputs, threads: int | None):
     try:
         return comparison.litert_timer(function, Path(model).read_bytes(), packed.getvalue(), threads or 0)
     except Exception as err:  # noqa: BLE001 - LiteRT failing on the board leaves our measurement standing
-        from compile.errors import last_line
+        from mnv2_edge.targets.errors import last_line
 
         return None, 0.0, f"LiteRT failed on the device ({type(err).__name__}: {last_line(err)})"
 
@@ -74,8 +74,8 @@ def _load_litert(session, report, model: Path, inputs, threads: int | None):
 def _work(report, endpoint, library: str, remote_name: str, kind: str, input_sets, settings: TimingSettings,
           timeout: float, model: str | None) -> dict:
     """Runs in the worker process; report(dict) tells the sweep how far it got (its heartbeat)."""
-    from deploy import comparison, runner
-    from deploy.session import LocalSession
+    from mnv2_edge.deploy import comparison, runner
+    from mnv2_edge.deploy.session import LocalSession
 
     session = LocalSession() if endpoint is None else endpoint.open()  # may wait in the tracker's queue
     report({"board": session.board})

@@ -2,7 +2,7 @@
 
 - LiteRT (the TFLite runtime, XNNPACK: its default CPU path): the runtime users compare with, and
   the speed baseline.
-- A float64 forward pass of the same file (compile/float64_reference.py): the exact answer, so each
+- A float64 forward pass of the same file (compile/frontend/float64_reference.py): the exact answer, so each
   runtime's own float32 error can be measured (float outputs).
 - TFLite's plain reference kernels: with XNNPACK, how far LiteRT's own two paths disagree on an
   integer output. They abort the whole process (SIGABRT) on some quantized files (every int8
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.errors import UserError
-from compile.float64_reference import Float64Model, NoReference
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.frontend.float64_reference import Float64Model, NoReference
 
 # Bound on the reference kernels' child process (start-up included) for all input sets of a model.
 PLAIN_KERNELS_TIMEOUT_S = 600

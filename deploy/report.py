@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from deploy.results import BenchmarkResult
+from mnv2_edge.deploy.results import BenchmarkResult
 
 CSV_FIELDS = ["name", "target", "device", "width", "resolution", "dtype", "status", "macs", "params",
               "mean_ms", "median_ms", "p10_ms", "p90_ms", "std_ms", "min_ms", "max_ms", "runs", "gmacs_per_second",

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from compile.errors import UserError
-
 DEFAULT_SESSION_TIMEOUT = 600  # seconds a server keeps one session; slow boards need minutes
 
 
@@ -32,7 +30,7 @@ class LocalSession:
         return tvm.device(kind, 0)
 
     def set_threads(self, count: int | None) -> int:
-        from compile.threads import set_local_threads
+        from mnv2_edge.compile.threads import set_local_threads
 
         return set_local_threads(count)
 
@@ -41,7 +39,7 @@ class LocalSession:
         LiteRT is not installed)."""
         import tvm
 
-        from deploy import board_server
+        from mnv2_edge.deploy import board_server
 
         board_server.register_litert_timer()
         return tvm.get_global_func(board_server.FUNCTION), ""
@@ -75,7 +73,7 @@ class Endpoint:
     def check(self, wait: float) -> None:
         """Bounded checks that the device is there (UserError if not): the tracker has a server under
         the key, or the direct server accepts connections."""
-        from compile.rpc_tracker import wait_for_key, wait_for_port
+        from mnv2_edge.compile.rpc_tracker import wait_for_key, wait_for_port
 
         if self.key:
             wait_for_key(self.host, self.port, self.key, wait)
@@ -133,14 +131,14 @@ class RemoteSession:
 
     def set_threads(self, count: int | None) -> int:
         """The board's runtime pool, whoever started its server (see compile/threads.py)."""
-        from compile.threads import configure_threads
+        from mnv2_edge.compile.threads import configure_threads
 
         return configure_threads(self.remote.get_function, count)
 
     def litert_timer(self):
         """(the board's LiteRT timing function, "") when its server is deploy/board_server.py; else
         (None, why)."""
-        from deploy.board_server import FUNCTION
+        from mnv2_edge.deploy.board_server import FUNCTION
 
         try:
             return self.remote.get_function(FUNCTION), ""

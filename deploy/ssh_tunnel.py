@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from compile.errors import UserError
+from mnv2_edge.targets.errors import UserError
 
 REMOTE_PORT = 9090
 REMOTE_PORT_SPAN = 100
@@ -87,7 +87,7 @@ class SSHRPCServer:
     def _start_server(self) -> None:
         import paramiko
 
-        from deploy.loopback import BOARD_SERVER
+        from mnv2_edge.deploy.loopback import BOARD_SERVER
 
         # Our board server (TVM's, plus LiteRT timing), passed on the command line and run by the
         # board's python as __main__: no file left on the board (nor one another user could swap),

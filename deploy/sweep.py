@@ -13,15 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile import pipeline
-from compile.errors import UserError
-from compile.manifest import LIBRARY, MODEL_COPY, Manifest
-from compile.paths import DEFAULT_OUT
-from compile.images import model_inputs
-from deploy import loopback, report, results
-from deploy.measure import DeviceError, Interrupted, TimingSettings, run_on_device
-from deploy.artifact_check import compare_with_litert
-from deploy.session import Endpoint
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.artifacts.manifest import LIBRARY, MODEL_COPY, Manifest
+from mnv2_edge.compile.paths import DEFAULT_OUT
+from mnv2_edge.compile.generation.images import model_inputs
+from mnv2_edge.deploy import loopback, report, results
+from mnv2_edge.deploy.measure import DeviceError, Interrupted, TimingSettings, run_on_device
+from mnv2_edge.deploy.artifact_check import compare_with_litert
+from mnv2_edge.deploy.session import Endpoint
 
 
 @dataclass

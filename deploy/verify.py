@@ -13,7 +13,7 @@ moves outputs by 1e-3 of their range or more; rounding moves them by about 1e-6.
 Float outputs of a file the float64 pass does not cover: within NO_EXACT_TOLERANCE of LiteRT,
 relative, and the same ranks where not a near tie.
 
-Quantized outputs of the integer int8 path (compile/integer_frontend.py), which follows TFLite's
+Quantized outputs of the integer int8 path (compile/frontend/integer.py), which follows TFLite's
 reference kernels: 0 LSB from those kernels where only conv, depthwise, fully connected, add and
 (re)quantize lead to the output, 1 LSB after a MEAN or SOFTMAX (TFLite's own kernels differ there).
 Where the reference kernels cannot run (they abort on some files), the rule below applies.

@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile.errors import UserError
+from mnv2_edge.targets.errors import UserError
 
 PROFILE_DIR = Path(__file__).resolve().parent
 

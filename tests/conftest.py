@@ -7,7 +7,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
 
 
 def shared_dir(name: str) -> Path:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy import loopback
+from mnv2_edge.deploy import loopback
 
 
 @contextlib.contextmanager

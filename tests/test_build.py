@@ -8,12 +8,13 @@ import subprocess
 import pytest
 from conftest import assert_clean_error, run_cli
 
-from compile import threads, tuning
-from compile.artifact import elf_machine, kernel_names
-from compile.frontend import load_relax
-from compile.manifest import Manifest
-from deploy import board_server
-from targets.profiles import load_profile, profile_names
+from mnv2_edge.compile import threads
+from mnv2_edge.compile.schedules import tuning
+from mnv2_edge.compile.artifacts.artifact import elf_machine, kernel_names
+from mnv2_edge.compile.frontend.convert import load_relax
+from mnv2_edge.compile.artifacts.manifest import Manifest
+from mnv2_edge.deploy import board_server
+from mnv2_edge.targets.profiles import load_profile, profile_names
 
 REQUIRED_PROFILES = {"arm_cpu", "rasp4b", "rasp3b", "rk3399", "android-arm64", "mali", "adreno", "host"}
 
@@ -188,8 +189,8 @@ def test_a_host_of_another_cpu_class_gets_default_schedules_and_is_told(tmp_path
 
 
 def test_build_tune_and_bench_read_the_same_model_flags_the_same_way():
-    from compile import build as build_cli, tune as tune_cli
-    from deploy import bench as bench_cli
+    from mnv2_edge.compile import build as build_cli, tune as tune_cli
+    from mnv2_edge.deploy import bench as bench_cli
 
     flags = ["--width", "0.35,0.5", "--resolutions", "96,128", "--dtype", "float32,int8", "--out", "somewhere",
              "--tuning-log", "db", "--model", "a.tflite", "--model", "b.tflite"]
@@ -200,7 +201,7 @@ def test_build_tune_and_bench_read_the_same_model_flags_the_same_way():
     assert all(module.parse_args(["--all-variants"]).all_official for module in (build_cli, tune_cli, bench_cli))
     assert bench_cli.parse_args(["--results", "r"]).results.name == "r"
     # Every combination is a model of its own, labelled by variant and dtype.
-    from compile.pipeline import ModelSelection
+    from mnv2_edge.compile.artifacts.pipeline import ModelSelection
 
     labels = [label for label, _ in ModelSelection([0.35, 0.5], [96], ["float32", "int8"]).requests(target="host")]
     assert labels == ["0.35_96 float32", "0.5_96 float32", "0.35_96 int8", "0.5_96 int8"]

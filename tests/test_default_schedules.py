@@ -1,5 +1,5 @@
 """Default schedules: each rule takes its kind of kernel, keeps it correct on awkward shapes, and
-follows the target (vector width, registers). Expected values come from compile/float64_reference.py
+follows the target (vector width, registers). Expected values come from compile/frontend/float64_reference.py
 and NumPy, not from TVM."""
 
 import re
@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from compile import default_schedules, float64_reference
+from mnv2_edge.compile.schedules import default_schedules, fusion
+from mnv2_edge.compile.schedules.cpu import CPUShape
+from mnv2_edge.compile.frontend import float64_reference
 
 HASWELL = {"kind": "llvm", "mcpu": "haswell", "num-cores": 2}  # AVX2: runs on every x86-64 CI machine here
 ZNVER4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}  # AVX-512: compiled only, never run
@@ -130,7 +132,7 @@ def test_integer_conv_with_requantization_is_exact():
     """int8 x int8 -> int32 with a per-channel fixed-point rescale: integers, so exact."""
     from tvm import relax
 
-    from compile.fixed_point import add
+    from mnv2_edge.compile.frontend.fixed_point import add
 
     rng = np.random.default_rng(11)
     x = rng.integers(-128, 128, (1, 9, 9, 20)).astype("int8")
@@ -176,18 +178,16 @@ def test_rules_follow_the_targets_vector_width():
     show it (pixels and vectors unrolled, each vector vectorized)."""
     import tvm
 
-    from compile import tuning
-
     shapes = {}
     for name, target_dict in (("avx2", HASWELL), ("avx512", ZNVER4),
                               ("neon", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
                                         "num-cores": 4})):
         target = tvm.target.Target(target_dict)
-        shapes[name] = default_schedules.CPUShape.of(target)
+        shapes[name] = CPUShape.of(target)
         mod = _relax_function(lambda x_, w_, b_: _conv_block(x_, w_, b_, size=8, kernel=1, stride=1, groups=1),
                               ((1, 8, 8, 64), "float32"), ((1, 1, 64, 64), "float32"), ((64,), "float32"))
         with target, tvm.transform.PassContext(opt_level=3):
-            fused = tvm.transform.Sequential(tuning.fusion_passes(target))(mod)
+            fused = tvm.transform.Sequential(fusion.fusion_passes(target))(mod)
             scheduled = default_schedules.apply_pass()(fused)
         kernel = next(f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
         shapes[name + " block"] = _vectorized_extent(kernel)
@@ -225,6 +225,25 @@ def test_a_reduction_no_rule_takes_is_reported_unscheduled_and_stays_correct():
     np.testing.assert_allclose(got, np.einsum("bij,bjk->bik", a.astype(np.float64), b), rtol=1e-5, atol=1e-5)
 
 
+def test_a_rule_that_raises_is_shown_and_the_next_rule_takes_the_kernel():
+    """A rule's bug is a warning naming the kernel, the rule and the error, never a silent skip; the
+    kernel still gets the rule of its kind after it."""
+    import tvm
+    from tvm import relax
+
+    class Broken:
+        def apply(self, func, target, tunable):
+            raise ValueError("a bug in this rule")
+
+    mod = _relax_function(lambda x: relax.op.nn.softmax(x), ((1, 10), "float32"))
+    target = tvm.target.Target(HASWELL)
+    fused = tvm.transform.Sequential(fusion.fusion_passes(target))(mod)
+    name, func = next((g.name_hint, f) for g, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    with pytest.warns(default_schedules.RuleFailed, match=rf"Broken rule raised on {name} \(ValueError: a bug in this rule\)"):
+        chosen = default_schedules.schedule_for(func, target, [Broken(), *default_schedules.make_rules()], name)
+    assert chosen is not None and chosen[0] == "Elementwise"
+
+
 ALDERLAKE = {"kind": "llvm", "mcpu": "alderlake", "num-cores": 2}  # AVX-VNNI without AVX-512
 
 
@@ -245,7 +264,7 @@ CORTEX_A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a7
     (SSE4, None, None), (CORTEX_A76, "aarch64", "sdot")], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4", "sdot"])
 def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
     """int8 1x1 convs, fully connected layers and a stem (3x3, stride 2, over 3 channels) packed for
-    vpdpbusd, vpmaddwd or sdot (compile/int8_dot.py), with TFLite's requantization, against NumPy and
+    vpdpbusd, vpmaddwd or sdot (compile/schedules/int8_dot.py), with TFLite's requantization, against NumPy and
     gemmlowp's definition. On AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the
     8-lane ones; an odd width (11) has no even pixel block. A target without AVX2 keeps the plain conv
     and matmul. Compiled for every target; run where this CPU can."""
@@ -255,7 +274,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     from test_int8 import gemmlowp_multiply
     from tvm import relax
 
-    from compile import fixed_point, int8_dot
+    from mnv2_edge.compile.frontend import fixed_point
+    from mnv2_edge.compile.schedules import int8_dot
 
     forms = int8_dot.dot_forms(tvm.target.Target(target_dict))
     rng = np.random.default_rng(5)

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, run_cli
 
-from compile.errors import UserError
-from compile.frontend import describe, load_relax, read_model
-from compile.generate import variant_tflite
-from compile.tflite_writer import Graph, Operator, Tensor, serialize
-from compile.variants import Variant
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.frontend.convert import load_relax
+from mnv2_edge.compile.frontend.tflite_file import describe, read_model
+from mnv2_edge.compile.generation.generate import variant_tflite
+from mnv2_edge.compile.generation.tflite_writer import Graph, Operator, Tensor, serialize
+from mnv2_edge.compile.generation.variants import Variant
 
 
 def test_describes_the_real_models(shared_models):
@@ -126,7 +127,7 @@ def _custom_op_model(custom_code: str) -> bytes:
 
 def test_custom_ops_are_judged_by_tvms_own_converter(tmp_path):
     """TVM converts TFLite_Detection_PostProcess (SSD detectors); other custom ops it cannot."""
-    from compile.frontend import unsupported_ops
+    from mnv2_edge.compile.frontend.convert import unsupported_ops
 
     detector, other = tmp_path / "detector.tflite", tmp_path / "other.tflite"
     detector.write_bytes(_custom_op_model("TFLite_Detection_PostProcess"))
@@ -163,14 +164,14 @@ def crash_in_native_code(progress):
 
 
 def test_a_native_crash_in_a_build_step_is_contained():
-    from compile import isolated
+    from mnv2_edge.compile.artifacts import isolated
 
     with pytest.raises(UserError, match="SIGABRT"):
         isolated.call(crash_in_native_code, what="converting a file")
 
 
 def test_a_bug_of_ours_exits_3_and_says_what_to_report(capsys):
-    from compile.cli_common import run_main
+    from mnv2_edge.compile.cli_common import run_main
 
     def main():
         return {}["missing"]

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tflite
 
-from compile.frontend import describe, read_model
-from compile.generate import variant_tflite, write_variant
-from compile.images import model_inputs, quantize_input, synthetic_images
-from compile.variants import Variant
-from deploy.reference import LiteRTModel
+from mnv2_edge.compile.frontend.tflite_file import describe, read_model
+from mnv2_edge.compile.generation.generate import variant_tflite, write_variant
+from mnv2_edge.compile.generation.images import model_inputs, quantize_input, synthetic_images
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.deploy.reference import LiteRTModel
 
 CONVERTER_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "SOFTMAX"}
 

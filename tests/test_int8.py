@@ -6,14 +6,15 @@ import warnings
 import numpy as np
 import pytest
 
-from compile.fixed_point import activation_range, quantize_multiplier
-from compile.frontend import describe, load_relax, read_model
-from compile.generate import write_variant
-from compile.images import load_photo, model_inputs, quantize_input
-from compile.integer_frontend import unsupported
-from compile.tflite_writer import Graph, Operator, Quantization, Tensor, serialize
-from compile.variants import Variant
-from deploy.int8_layers import compare_layers
+from mnv2_edge.compile.frontend.fixed_point import activation_range, quantize_multiplier
+from mnv2_edge.compile.frontend.convert import load_relax
+from mnv2_edge.compile.frontend.tflite_file import describe, read_model
+from mnv2_edge.compile.generation.generate import write_variant
+from mnv2_edge.compile.generation.images import load_photo, model_inputs, quantize_input
+from mnv2_edge.compile.frontend.integer import unsupported
+from mnv2_edge.compile.generation.tflite_writer import Graph, Operator, Quantization, Tensor, serialize
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.deploy.int8_layers import compare_layers
 
 
 def test_quantize_multiplier_follows_tflite():
@@ -50,7 +51,7 @@ def test_requantization_matches_gemmlowp(single_rounding):
     import tvm
     from tvm import relax
 
-    from compile.fixed_point import INT_RANGES, const, requantize
+    from mnv2_edge.compile.frontend.fixed_point import INT_RANGES, const, requantize
 
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.integers(-(1 << 22), 1 << 22, 4000), np.arange(-2048, 2048)]).astype(np.int32)

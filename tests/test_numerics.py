@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from compile import pipeline
-from compile.generate import write_variant
-from compile.images import load_photo, picture_input
-from compile.variants import Variant
-from deploy.artifact_check import check_artifact
-from deploy.session import LocalSession
-from deploy.verify import top_k
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.compile.generation.generate import write_variant
+from mnv2_edge.compile.generation.images import load_photo, picture_input
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.deploy.artifact_check import check_artifact
+from mnv2_edge.deploy.session import LocalSession
+from mnv2_edge.deploy.verify import top_k
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ REAL_MODELS = {
 @pytest.mark.parametrize("kind", sorted(REAL_MODELS))
 def test_real_trained_model_on_photos(kind, shared_models, shared_images, work):
     """Top-5 identical to LiteRT for float files, top-1 for quantized ones, on real photos."""
-    from compile.manifest import Manifest
+    from mnv2_edge.compile.artifacts.manifest import Manifest
 
     out_dir = build_host(shared_models / REAL_MODELS[kind], work / "real")
     manifest = Manifest.read(out_dir)
@@ -56,8 +56,8 @@ def test_real_trained_model_on_photos(kind, shared_models, shared_images, work):
         result = check_artifact(out_dir, session, inputs=photos)
     assert len(result.checks) == len(shared_images) == 4
     assert result.ok, result.problems
-    from deploy import runner
-    from deploy.reference import LiteRTModel
+    from mnv2_edge.deploy import runner
+    from mnv2_edge.deploy.reference import LiteRTModel
 
     reference = LiteRTModel(out_dir / "model.tflite")
     with LocalSession() as session:
@@ -71,7 +71,7 @@ def test_real_trained_model_on_photos(kind, shared_models, shared_images, work):
 
 def test_reference_behaviour_of_the_shared_model(shared_models, shared_images):
     """The documented LiteRT top-5 on chelsea.png: guards the preprocessing itself."""
-    from deploy.reference import LiteRTModel
+    from mnv2_edge.deploy.reference import LiteRTModel
 
     chelsea = next(p for p in shared_images if p.name == "chelsea.png")
     probs = LiteRTModel(shared_models / REAL_MODELS["float32"]).run([load_photo(chelsea, 160)])[0]

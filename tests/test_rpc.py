@@ -13,8 +13,8 @@ import pytest
 from conftest import ROOT, assert_clean_error, run_cli
 from rpc_helpers import python_for_board, sshd, tracker_with_servers
 
-from compile.artifact import elf_machine
-from deploy import emulated_board, loopback, results
+from mnv2_edge.compile.artifacts.artifact import elf_machine
+from mnv2_edge.deploy import emulated_board, loopback, results
 
 pytestmark = pytest.mark.slow
 SMALL = ["--widths", "0.35", "--resolutions", "96"]

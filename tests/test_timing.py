@@ -1,7 +1,7 @@
 """Timing that fits the device (number x repeat shrink to fit --timeout on a slow device), and one
 protocol for both runtimes: the same plan, interleaved turns, the order rotated."""
 
-from deploy.comparison import Plan, fit as fit_timing, interleave, plan
+from mnv2_edge.deploy.comparison import Plan, fit as fit_timing, interleave, plan
 
 
 def test_fast_devices_keep_the_timing_asked_for():
@@ -19,8 +19,8 @@ def test_slow_devices_run_fewer_runs_per_repeat_first_then_fewer_repeats():
 
 
 def test_the_time_limit_grows_with_the_models_work():
-    from deploy.sweep import SweepConfig, time_limit
-    from compile.variants import Variant
+    from mnv2_edge.deploy.sweep import SweepConfig, time_limit
+    from mnv2_edge.compile.generation.variants import Variant
 
     config = SweepConfig(target="host", endpoint=None, timeout=300)
     assert time_limit(config, Variant(0.35, 96).macs) == 300 and time_limit(config, None) == 300

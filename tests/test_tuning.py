@@ -10,13 +10,16 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from rpc_helpers import tracker_with_servers
 
-from compile import default_schedules, pipeline, transfer, tune_job, tuning
-from compile.frontend import load_relax
-from compile.manifest import Manifest
-from compile.generate import write_variant
-from compile.variants import Variant
-from deploy import emulated_board
-from targets.profiles import load_profile
+from mnv2_edge.compile.schedules import default_schedules, transfer, tune_job, tuning
+from mnv2_edge.compile.schedules.cpu import CPUShape
+from mnv2_edge.compile.schedules.records import searched
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.compile.frontend.convert import load_relax
+from mnv2_edge.compile.artifacts.manifest import Manifest
+from mnv2_edge.compile.generation.generate import write_variant
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.deploy import emulated_board
+from mnv2_edge.targets.profiles import load_profile
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +33,9 @@ def small_model(tmp_path_factory):
 def host_stem_db(tmp_path_factory, small_model):
     """A database with the small model's stem searched on this host (3 trials); copy it to write."""
     path = tmp_path_factory.mktemp("host_db")
-    searched = run_cli("compile/tune.py", "--model", small_model, "--tuning-log", path, "--trials", "3",
+    tuned = run_cli("compile/tune.py", "--model", small_model, "--tuning-log", path, "--trials", "3",
                        "--kinds", "stem", "--target", "host", timeout=900)
-    assert searched.returncode == 0, searched.stderr + searched.stdout
+    assert tuned.returncode == 0, tuned.stderr + tuned.stdout
     return path
 
 
@@ -108,7 +111,7 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     # The search usually beats the rule; where it found nothing faster, the rule's own record is the
     # best, and the build gives the task the rule as the code has it now.
     found = str(best.trace) != str(default_trace)
-    assert tuning.searched(best.trace) == found
+    assert searched(best.trace) == found
     assert f"{int(found)}/33 kernels from the database" in built.stdout
     manifest = Manifest.read(tmp_path / "dist" / "host" / small_model.stem)
     assert manifest.tuning["tuned_tasks"] == int(found) and manifest.tuning["tasks"] == 33
@@ -197,9 +200,9 @@ def test_host_databases_apply_only_to_their_cpu_class():
     host = load_profile("host")
     avx512 = dataclasses.replace(host, target={**host.target, "mcpu": "znver4"})
     avx2 = dataclasses.replace(host, target={**host.target, "mcpu": "znver3"})
-    assert tuning.cpu_class(avx512.tvm_target()) == "x86_64-avx512"
-    assert tuning.cpu_class(avx2.tvm_target()) == "x86_64-avx2"
-    assert tuning.cpu_class(load_profile("rasp5").tvm_target()) == "aarch64-dotprod"
+    assert CPUShape.of(avx512.tvm_target()).isa_class == "x86_64-avx512"
+    assert CPUShape.of(avx2.tvm_target()).isa_class == "x86_64-avx2"
+    assert CPUShape.of(load_profile("rasp5").tvm_target()).isa_class == "aarch64-dotprod"
     request = pipeline.BuildRequest(target="host")
     assert pipeline.tuning_for(request, avx512).path == tuning.database_path(avx512)
     assert pipeline.tuning_note(request, avx512) is None
@@ -229,7 +232,7 @@ def test_several_variants_are_tuned_as_distinct_tasks(tmp_path, small_model):
 
 
 def test_tile_splits_adapt_to_the_new_extent():
-    from compile.transfer import adapted_tile
+    from mnv2_edge.compile.schedules.transfer import adapted_tile
 
     assert adapted_tile([7, 2, 1, 16], 96) == [3, 2, 1, 16]  # the vector and register factors kept
     assert adapted_tile([4, 8], 20) == [5, 4]  # what of 8 divides 20
@@ -272,7 +275,7 @@ def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, host
 def test_a_database_keeps_one_way_of_timing(tmp_path):
     """Records timed with cold caches (--cache-flush) and warm ones are not comparable: a database
     keeps the way it was first timed, and one from before measurement.json was timed warm."""
-    from compile.errors import UserError
+    from mnv2_edge.targets.errors import UserError
 
     cold = tmp_path / "cold"
     cold.mkdir()

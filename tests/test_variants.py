@@ -3,8 +3,8 @@ import json
 import pytest
 from conftest import assert_clean_error, run_cli
 
-from compile.errors import UserError
-from compile.variants import OFFICIAL_TABLE, Variant, make_divisible, official_variants
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.generation.variants import OFFICIAL_TABLE, Variant, make_divisible, official_variants
 
 
 def test_channel_rule_matches_reference_implementations():
@@ -96,7 +96,7 @@ def test_expansion_and_classes_knobs_build_the_network_they_name(expansion, clas
     """The paper's other knobs: a generated file with expansion t and N classes has the MACs and
     params variants.py reports (counted from the file), t x the block input channels in every
     expansion after the first bottleneck, and N outputs."""
-    from compile.generate import variant_tflite
+    from mnv2_edge.compile.generation.generate import variant_tflite
 
     variant = Variant(0.5, 128, num_classes=classes, expansion=expansion)
     macs, params, output = _count_from_file(variant_tflite(variant, "float32"))

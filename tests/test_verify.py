@@ -5,16 +5,16 @@ import os
 import numpy as np
 import pytest
 
-from compile import float64_reference
-from compile.float64_reference import Float64Model, NoReference
-from compile.generate import write_variant
-from compile.images import model_inputs
-from compile.frontend import describe
-from compile.tflite_writer import Graph, Operator, Tensor, serialize
-from compile.variants import Variant
-from deploy.reference import LiteRTModel, plain_kernel_outputs
+from mnv2_edge.compile.frontend import float64_reference
+from mnv2_edge.compile.frontend.float64_reference import Float64Model, NoReference
+from mnv2_edge.compile.generation.generate import write_variant
+from mnv2_edge.compile.generation.images import model_inputs
+from mnv2_edge.compile.frontend.tflite_file import describe
+from mnv2_edge.compile.generation.tflite_writer import Graph, Operator, Tensor, serialize
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.deploy.reference import LiteRTModel, plain_kernel_outputs
 from conftest import assert_clean_error, run_cli
-from deploy.verify import FLOAT_ERROR_FACTOR, check_output, rank_problem
+from mnv2_edge.deploy.verify import FLOAT_ERROR_FACTOR, check_output, rank_problem
 
 
 def naive_conv(x, w, stride, dilation, same, depthwise=False):
@@ -154,7 +154,7 @@ def test_float64_resize_bilinear_matches_tflites_reference_kernel(align, half, t
 def test_litert_error_is_pooled_over_the_inputs_of_an_output_but_a_bug_still_fails():
     """The trained float16 MobileNetV2, measured: LiteRT's error is 3e-06 on two inputs and 7.6e-07
     on the third, where ours is 4.2e-06; rounding, not a bug. A bug's 1e-3 fails either way."""
-    from deploy.verify import OutputCheck, pool_litert_error
+    from mnv2_edge.deploy.verify import OutputCheck, pool_litert_error
 
     x = np.linspace(-1, 1, 50)
     exact = np.exp(x)

@@ -5,7 +5,7 @@
 // ARTIFACT_DIR is what `compile/build.py --bundle-runtime` wrote: model.so, manifest.json,
 // labels.txt (when built with --labels) and runtime/ (libtvm_runtime.so, libtvm_ffi.so, found through
 // this program's rpath $ORIGIN/runtime when it sits in ARTIFACT_DIR). Everything the program needs
-// to know about the model comes from manifest.json's "inputs", "outputs" and "app" (compile/manifest.py):
+// to know about the model comes from manifest.json's "inputs", "outputs" and "app" (compile/artifacts/manifest.py):
 // nothing about MobileNetV2 is built in. --save-input writes the input tensor as raw bytes, so the
 // result can be checked against another runtime on exactly the same input.
 #include <tvm/ffi/container/array.h>

@@ -4,7 +4,7 @@
 
 Needs only NumPy, Pillow and the TVM runtime (`pip install apache-tvm numpy pillow`; set
 TVM_USE_RUNTIME_LIB=1 on a board that lacks the compiler library). Everything about the model comes
-from ARTIFACT_DIR/manifest.json ("inputs", "outputs", "app": see compile/manifest.py), so the script
+from ARTIFACT_DIR/manifest.json ("inputs", "outputs", "app": see compile/artifacts/manifest.py), so the script
 is copied to the board as it is, without the rest of the project. --save-input writes the first
 image's input tensor as raw bytes, to check the result against another runtime on the same input.
 """

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import tflite
 
-from compile.errors import UserError
-from compile.float64_reference import padding
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.frontend.float64_reference import padding
 
 SAME_SHAPE = {"RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH", "HARD_SWISH", "LEAKY_RELU", "PRELU", "ABS",
               "NEG", "EXP", "SQRT", "RSQRT", "SOFTMAX", "QUANTIZE", "DEQUANTIZE", "ELU", "GELU"}
@@ -53,7 +53,7 @@ def _broadcast(a: list[int], b: list[int]) -> list[int] | None:
 
 def check_declared_shapes(model: tflite.Model, path) -> None:
     """UserError naming the first op whose declared output is not what it makes of its inputs."""
-    from compile.frontend import builtin_options, op_name
+    from mnv2_edge.compile.frontend.tflite_file import builtin_options, op_name
 
     sub = model.Subgraphs(0)
 

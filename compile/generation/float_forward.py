@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compile.float64_reference import conv2d, depthwise_conv2d
-from compile.variants import Layer
+from mnv2_edge.compile.frontend.float64_reference import conv2d, depthwise_conv2d
+from mnv2_edge.compile.generation.variants import Layer
 
 STABLE_BITS = 20  # float64 noise is ~2^-50 relative: a flip at this grid has odds of ~2^-30 per value
 

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from compile.errors import UserError
-from compile.paths import CACHE_ROOT
-from targets.profiles import Profile
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.paths import CACHE_ROOT
+from mnv2_edge.targets.profiles import Profile
 
 STUB_DIR = CACHE_ROOT / "android-stubs"
 

@@ -19,7 +19,8 @@ import json
 import math
 from pathlib import Path
 
-from compile.tuning import mean_seconds, searched
+from mnv2_edge.compile.schedules.default_schedules import iter_kinds
+from mnv2_edge.compile.schedules.records import mean_seconds, searched
 
 TRANSFERS_FILE = "transfers.json"  # workload key -> {digest of a transferred trace: its source}
 SOURCES_PER_TASK = 2  # the best record of each of the closest source workloads
@@ -31,14 +32,13 @@ def structure_key(func) -> tuple:
     kinds (spatial / reduction), and the buffers' dtypes and ranks."""
     from tvm import s_tir
 
-    from compile.default_schedules import _iter_kinds
 
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     params = tuple((str(p.ty.dtype), len(p.ty.shape)) for p in func.params)
     window = tuple(int(d) for d in func.params[1].ty.shape[:2]) if len(func.params) > 1 and \
         len(func.params[1].ty.shape) == 4 else ()
-    return window, params, tuple((sch.get(b).name_hint, _iter_kinds(sch, b)) for b in blocks)
+    return window, params, tuple((sch.get(b).name_hint, iter_kinds(sch, b)) for b in blocks)
 
 
 def describe(func) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import tflite
 
-from compile import frontend
-from compile.frontend import builtin_options
+from mnv2_edge.compile.frontend import tflite_file
+from mnv2_edge.compile.frontend.tflite_file import builtin_options
 
 _RELU, _RELU_N1_TO_1, _RELU6, _TANH = 1, 2, 3, 4
 _SAME = 0
@@ -244,12 +244,12 @@ class Float64Model:
     """A float TFLite file run in float64. Raises NoReference naming every op or type it lacks."""
 
     def __init__(self, path: str | Path):
-        self.model, _ = frontend.read_model(path)
+        self.model, _ = tflite_file.read_model(path)
         self.sub = self.model.Subgraphs(0)
         missing = set()
         for o in range(self.sub.OperatorsLength()):
             op = self.sub.Operators(o)
-            name = frontend.op_name(self.model, op)
+            name = tflite_file.op_name(self.model, op)
             if name not in OPS:
                 missing.add(name)
             for index in op.OutputsAsNumpy():
@@ -259,7 +259,7 @@ class Float64Model:
             raise NoReference(", ".join(sorted(missing)))
 
     def _dtype(self, index: int) -> str:
-        return frontend.tensor_dtype(self.sub.Tensors(index))
+        return tflite_file.tensor_dtype(self.sub.Tensors(index))
 
     def _constant(self, index: int) -> np.ndarray | None:
         """A tensor's stored value as float64 (dequantized where it carries a scale), or None."""
@@ -300,6 +300,6 @@ class Float64Model:
             out_index = int(op.OutputsAsNumpy()[0])
             out_tensor = self.sub.Tensors(out_index)
             shape = tuple(out_tensor.ShapeAsNumpy().tolist()) if out_tensor.ShapeLength() else ()
-            convert = OPS[frontend.op_name(self.model, op)]
+            convert = OPS[tflite_file.op_name(self.model, op)]
             values[out_index] = np.asarray(convert(_Context(shape), op, *args), dtype=np.float64)
         return [values[int(i)] for i in self.sub.OutputsAsNumpy()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compile.errors import UserError
+from mnv2_edge.targets.errors import UserError
 
 WIDTH_RANGE = (0.35, 1.4)
 RESOLUTION_RANGE = (96, 224)

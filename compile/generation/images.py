@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compile.errors import UserError
+from mnv2_edge.targets.errors import UserError
 
 
 IMAGE_GRID = 2.0**12

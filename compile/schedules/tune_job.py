@@ -3,7 +3,7 @@ database (tuning.database_path), locally or on a board over RPC.
 
 First every task's default schedule is measured into the database, then for every task not
 searched yet the records of structurally equal tasks at other sizes, replayed at its sizes
-(compile/transfer.py); then the search, task by task, tasks without a record first (most work
+(compile/schedules/transfer.py); then the search, task by task, tasks without a record first (most work
 first), then the rest by their measured share of the models' time; a task that already holds
 enough records is skipped, so an interrupted run resumes where it stopped; the database is
 append-only JSON lines and is repaired (cut lines dropped) after an interrupt.
@@ -18,11 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compile import default_schedules, frontend, pipeline, transfer, tuning
-from compile.errors import UserError
-from compile.paths import CACHE_ROOT
-from compile.threads import profile_threads
-from targets.profiles import load_profile
+from mnv2_edge.compile.schedules import default_schedules, records, transfer, tuning
+from mnv2_edge.compile.frontend import convert
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.paths import CACHE_ROOT
+from mnv2_edge.compile.threads import profile_threads
+from mnv2_edge.targets.profiles import load_profile
 
 KINDS = ("depthwise", "pointwise", "stem", "other")
 LOG_ROOT = CACHE_ROOT / "tuning-logs"
@@ -76,7 +78,7 @@ def _runner(request: TuneRequest, profile, progress=print):
         os.environ["TVM_NUM_THREADS"] = str(profile_threads(profile) or os.cpu_count())
         return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator, f_run_evaluator=tuning.fastest_repeat)
     host, port = request.rpc_tracker
-    from compile.rpc_tracker import tracker_keys, wait_for_key
+    from mnv2_edge.compile.rpc_tracker import tracker_keys, wait_for_key
 
     key = request.rpc_key or profile.rpc_key
     wait_for_key(host, port, key, timeout=10)
@@ -214,7 +216,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
 
 
 def seed_default_schedule(task, target, builder, runner, database) -> tuple[str, float | None] | None:
-    """Measure the task's default schedule (compile/default_schedules.py) like any candidate and keep
+    """Measure the task's default schedule (compile/schedules/default_schedules.py) like any candidate and keep
     it as a record, once: the search then only replaces it with something faster, so a build from
     the database is never slower than one without it on the machine that measured. Returns (rule,
     ms or None when it failed to build or run), or None when already in the database or no rule fits."""
@@ -237,7 +239,7 @@ def remeasure_task(task, target, builder, runner, database, keep: int = tuning.K
 
     workload_mod = task.dispatched[0]
     old = tuning.records_for(database, task, keep)
-    before = tuning.mean_seconds(old[0].run_secs) * 1e3 if old and old[0].run_secs else None
+    before = records.mean_seconds(old[0].run_secs) * 1e3 if old and old[0].run_secs else None
     schedules, replaced = [], []
     chosen = default_schedules.schedule_for(workload_mod["main"], target)
     if chosen is not None:
@@ -262,7 +264,7 @@ def remeasure_task(task, target, builder, runner, database, keep: int = tuning.K
 
 def transfer_records(sources, task, target, builder, runner, database, db_path: Path, step: str,
                      progress=print) -> None:
-    """Measure the task's transferred candidates (compile/transfer.py) into the database, once each."""
+    """Measure the task's transferred candidates (compile/schedules/transfer.py) into the database, once each."""
     known = {str(record.trace) for record in tuning.records_for(database, task, 10**6)}
     kept = {}
     for source, sch in sources.candidates(task):
@@ -293,7 +295,7 @@ def measure_into_database(sch, task, target, builder, runner, database) -> float
     run_secs = [float(t) for t in result.run_secs]
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, database.commit_workload(workload_mod), run_secs, target, args_info))
-    return tuning.mean_seconds(run_secs) * 1e3
+    return records.mean_seconds(run_secs) * 1e3
 
 
 def distinct_tasks(sources, lowering: str, target, kinds, progress=print) -> tuple[list[tuple], dict[str, int]]:
@@ -304,7 +306,7 @@ def distinct_tasks(sources, lowering: str, target, kinds, progress=print) -> tup
     for index, source in enumerate(sources, 1):
         if len(sources) > 1:
             progress(f"[tasks] ({index}/{len(sources)}) {source.name}")
-        mod, _ = frontend.load_relax(source.path, lowering)
+        mod, _ = convert.load_relax(source.path, lowering)
         for task, kind in tuning.classified_tasks(mod, target):
             if kind not in kinds:
                 continue

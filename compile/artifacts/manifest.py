@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compile.errors import UserError
-from compile.frontend import TensorInfo
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.frontend.tflite_file import TensorInfo
 
 SCHEMA = "mnv2-edge/manifest/2"
 FILE = "manifest.json"

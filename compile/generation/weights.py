@@ -13,9 +13,9 @@ import functools
 
 import numpy as np
 
-from compile import float_forward
-from compile.images import synthetic_images
-from compile.variants import EXPANSION, Layer, build_layers
+from mnv2_edge.compile.generation import float_forward
+from mnv2_edge.compile.generation.images import synthetic_images
+from mnv2_edge.compile.generation.variants import EXPANSION, Layer, build_layers
 
 # Weights do not depend on the input resolution (as for the published checkpoints): they are
 # calibrated once per width at this resolution and reused for every resolution.

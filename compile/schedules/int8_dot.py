@@ -20,7 +20,7 @@ into each int32 lane in one instruction:
 connected layer (a 1x1 conv over its rows) and each conv over at most 4 input channels (the stem:
 its input read as rows of bytes, each kernel tap one group of 4) into that form (a call to one PrimFunc whose
 reduction block is named after `BLOCKS`, then the correction); the default schedule rule
-(compile/default_schedules.py) tiles it and tensorizes its innermost lanes x group products with
+(compile/schedules/default_schedules.py) tiles it and tensorizes its innermost lanes x group products with
 `intrinsic(form)`. Other CPUs keep the plain integer conv and matmul. Results are the same integers.
 """
 
@@ -62,18 +62,18 @@ FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128)
 def dot_forms(target) -> list[DotForm]:
     """The forms this target has, best first: AVX-512 VNNI, AVX-VNNI, else AVX2's vpmaddwd; on
     AArch64 with the dot-product extension, sdot."""
-    from tvm.target import codegen
+    from mnv2_edge.compile.schedules.cpu import CPUShape
 
     if str(target.kind) != "llvm":
         return []
-    features = set(codegen.llvm_get_cpu_features(target))
-    if "dotprod" in features and str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+    cpu = CPUShape.of(target)
+    if cpu.int8_dot:
         return [SDOT_128]
-    if {"avx512vnni", "avx512vl"} <= features:
+    if {"avx512vnni", "avx512vl"} <= cpu.features:
         return [VNNI_512, VNNI_256]
-    if "avxvnni" in features:
+    if "avxvnni" in cpu.features:
         return [VNNI_256]
-    return [MADD_256] if "avx2" in features else []
+    return [MADD_256] if "avx2" in cpu.features else []
 
 
 def intrinsic(form: DotForm) -> str:

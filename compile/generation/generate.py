@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compile import float_forward
-from compile.errors import UserError
-from compile.images import synthetic_images
-from compile.tflite_writer import Graph, Operator, Quantization, Tensor, serialize
-from compile.variants import Layer, Variant
-from compile.weights import generate_weights
+from mnv2_edge.compile.generation import float_forward
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.generation.images import synthetic_images
+from mnv2_edge.compile.generation.tflite_writer import Graph, Operator, Quantization, Tensor, serialize
+from mnv2_edge.compile.generation.variants import Layer, Variant
+from mnv2_edge.compile.generation.weights import generate_weights
 
 DTYPES = ("float32", "int8")
 REPRESENTATIVE_IMAGES = 8

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import traceback
 
-from compile.errors import UserError
+from mnv2_edge.targets.errors import UserError
 
 
 class IsolatedFailure(RuntimeError):

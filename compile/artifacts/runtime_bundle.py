@@ -16,10 +16,10 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from compile.errors import UserError, last_line
-from compile.manifest import RUNTIME_DIR, RUNTIME_LIBRARIES
-from compile.paths import CACHE_ROOT
-from targets.profiles import Profile
+from mnv2_edge.targets.errors import UserError, last_line
+from mnv2_edge.compile.artifacts.manifest import RUNTIME_DIR, RUNTIME_LIBRARIES
+from mnv2_edge.compile.paths import CACHE_ROOT
+from mnv2_edge.targets.profiles import Profile
 
 CACHE = CACHE_ROOT / "runtime-wheels"
 # The manifest's runtime libraries, where the wheels keep them (the compiler library is not needed).

@@ -13,37 +13,15 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
-from compile import int8_dot
+from mnv2_edge.targets.errors import last_line
+from mnv2_edge.compile.schedules import int8_dot
+from mnv2_edge.compile.schedules.cpu import CPUShape
+from mnv2_edge.compile.schedules.fusion import fusion_passes
 
 SPATIAL, REDUCE = 0, 2  # tirx.IterVar kinds
-
-
-@dataclass(frozen=True)
-class CPUShape:
-    """What a rule needs from a CPU target."""
-
-    vector_bits: int  # widest SIMD register: 512 AVX-512, 256 AVX2, 128 NEON/SSE
-    registers: int  # SIMD registers: 32 on AArch64 and AVX-512, 16 on AVX2 and ARMv7 NEON
-    cores: int
-    int8_dot: bool = False  # ARMv8.2 sdot/udot: four int8 products summed into each int32 lane
-
-    @classmethod
-    def of(cls, target) -> "CPUShape":
-        from tvm.target import codegen
-
-        # From the CPU's features: TVM 0.27's llvm_get_vector_width answers 512 for haswell and x86-64.
-        features = codegen.llvm_get_cpu_features(target)
-        bits = 512 if "avx512f" in features else 256 if "avx" in features else 128
-        triple = str(target.attrs.get("mtriple", "") or "")
-        aarch64 = triple.startswith("aarch64") or bool(target.attrs.get("feature.is_aarch64", False))
-        registers = 32 if (aarch64 or bits >= 512) else 16
-        return cls(vector_bits=bits, registers=registers, cores=int(target.attrs.get("num-cores", 1) or 1),
-                   int8_dot=bool(target.attrs.get("feature.has_dotprod", False)))
-
-    def lanes(self, dtype_bits: int) -> int:
-        return max(1, self.vector_bits // dtype_bits)
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -51,7 +29,7 @@ def _largest_divisor(n: int, limit: int) -> int:
     return next(d for d in range(min(n, limit), 0, -1) if n % d == 0)
 
 
-def _iter_kinds(sch, block) -> str:
+def iter_kinds(sch, block) -> str:
     return "".join("S" if iv.iter_type == SPATIAL else "R" if iv.iter_type == REDUCE else "?"
                    for iv in sch.get(block).iter_vars)
 
@@ -80,7 +58,7 @@ def schedule_elementwise(sch, block, shape: CPUShape):
     (None when there is none), where the blocks feeding this one can be computed chunk by chunk."""
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
-    if not loops or extents is None or "R" in _iter_kinds(sch, block) or len(loops) != len(extents):
+    if not loops or extents is None or "R" in iter_kinds(sch, block) or len(loops) != len(extents):
         return None
     lanes = shape.lanes(sch.get(block).writes[0].source.dtype.bits)
     *outer, inner = loops
@@ -138,7 +116,7 @@ def _int8_on_sdot(sch, block, shape: CPUShape) -> bool:
 def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
     """Tile a block with spatial loops first, reductions last, whose last spatial loop is the
     innermost (contiguous) axis of its output: conv2d/depthwise NHWC, dense, pooling."""
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
     n_spatial = kinds.count("S")
@@ -226,7 +204,7 @@ def _gemm_tiles(sch, pixel_loops: list, c_outer, pixels: int, channels: int, inn
 def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
     """A 1x1 conv NHWC is a GEMM: a register block of a few pixels of a row x a few vectors of output
     channels, sized to the registers, the input channels streamed through it (_gemm_tiles)."""
-    kinds = _iter_kinds(sch, block)
+    kinds = iter_kinds(sch, block)
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
     if extents is None or kinds != "SSSSRRR" or len(loops) != 7 or _int8_on_sdot(sch, block, shape):
@@ -254,13 +232,13 @@ def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
 
 
 def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
-    """The packed int8 1x1 conv or fully connected layer (compile/int8_dot.py; a fully connected
+    """The packed int8 1x1 conv or fully connected layer (compile/schedules/int8_dot.py; a fully connected
     layer is one row of pixels): a register block of up to 24 int32 vectors (a few output pixels x a
     few vectors of output channels), the input channels streamed through it a group at a time, each
     vector's products one vpdpbusd, vpmaddwd or sdot; the tiles in parallel (_gemm_tiles)."""
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
-    if extents is None or len(loops) != 5 or _iter_kinds(sch, block) != "SSSSR":
+    if extents is None or len(loops) != 5 or iter_kinds(sch, block) != "SSSSR":
         return False
     batch, height, width, channel, reduction = loops
     blocks, _, lanes, group = (int(d) for d in sch.get(block).reads[1].source.shape)
@@ -369,11 +347,15 @@ def _vectorize_innermost(sch, block, shape: CPUShape) -> None:
 # ----- the rules: one per kind of kernel --------------------------------------------------------
 
 
-def _kernel_kind(sch, block) -> str:
-    """pointwise, depthwise, conv, dense or pooling, from what the reduction block reads (NHWC data
-    with HWIO weights: 1x1 pointwise, HWOI with O=1 depthwise; a 2-D weight is a dense layer)."""
-    if int8_dot.packed_layer(sch.get(block).name_hint):
-        return "packed_dot"
+def kernel_kind(sch, block) -> str:
+    """What a kernel is, from what its reduction block reads (NHWC data with HWIO weights; HWOI with
+    O=1 for depthwise): "pointwise" (1x1 conv), "depthwise", "stem" (a full conv: MobileNetV2's first
+    layer), "dense" (a 2-D weight), "pooling" (no weight) or "other". An int8 layer packed for dot
+    products is the kind of the layer it came from. The one classification of kernels: the rules
+    below and the tuner's task kinds (tuning.classify) both read it."""
+    packed = int8_dot.packed_layer(sch.get(block).name_hint)
+    if packed:
+        return packed
     reads = [r.source for r in sch.get(block).reads]
     if len(reads) == 1:
         return "pooling"
@@ -385,37 +367,47 @@ def _kernel_kind(sch, block) -> str:
     kh, kw, cin, cout = (int(d) for d in weight)
     if (kh, kw) == (1, 1):
         return "pointwise"
-    return "depthwise" if cout == 1 and cin > 1 else "conv"
+    return "depthwise" if cout == 1 and cin > 1 else "stem"
+
+
+def function_kind(func) -> str:
+    """kernel_kind of a PrimFunc's one reduction; "other" with none (element-wise) or several (softmax)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    reductions = _reduction_blocks(sch)
+    return kernel_kind(sch, reductions[0]) if len(reductions) == 1 else "other"
 
 
 def _tiled(max_pixel_block: int, vector_blocks: int, unroll_taps: bool = False):
     return functools.partial(schedule_reduction, tiling=Tiling(max_pixel_block, vector_blocks, unroll_taps))
 
 
-# One rule per kind of kernel: (rule name, kind from _kernel_kind, scheduler, why).
+# One rule per kind of kernel: (rule name, kinds from kernel_kind, whether packed for dot products,
+# scheduler, why).
 KERNEL_RULES = (
-    ("PointwiseDot", "packed_dot", schedule_packed_dot,
-     "int8 1x1 conv or fully connected layer packed for dot products (x86 VNNI, AVX2; ARM sdot): "
+    ("PointwiseDot", ("pointwise", "stem", "dense"), True, schedule_packed_dot,
+     "int8 1x1 conv, stem or fully connected layer packed for dot products (x86 VNNI, AVX2; ARM sdot): "
      "4 or 2 input channels per int32 lane."),
-    ("Pointwise", "pointwise", schedule_pointwise,
+    ("Pointwise", ("pointwise",), False, schedule_pointwise,
      "1x1 conv = GEMM: a block of pixels x vectors of output channels sized to the registers, the "
      "larger of weights and input read once."),
-    ("Depthwise", "depthwise", _tiled(8, 1, unroll_taps=True),
+    ("Depthwise", ("depthwise",), False, _tiled(8, 1, unroll_taps=True),
      "3x3 depthwise: 9 taps of one channel vector for up to 8 pixels, the taps unrolled where 32 "
      "registers allow it (neighbouring pixels share input loads)."),
-    ("DirectConv", "conv", _tiled(8, 2),
+    ("DirectConv", ("stem",), False, _tiled(8, 2),
      "A full conv over few input channels (the 3x3 stem over RGB)."),
-    ("Dense", "dense", _tiled(1, 8),
+    ("Dense", ("dense",), False, _tiled(1, 8),
      "Fully connected, one row: up to 8 vectors of output features per block, enough independent "
      "sums to keep the weight stream going (1000 classes: 5 x 8 lanes, 2.4x faster than one vector); "
      "the blocks split over the cores."),
-    ("Pooling", "pooling", _tiled(1, 1),
+    ("Pooling", ("pooling",), False, _tiled(1, 1),
      "Global mean / sum over H x W: channels in vectors."),
 )
 
 
 def _reduction_blocks(sch) -> list:
-    return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "R" in _iter_kinds(sch, b)]
+    return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "R" in iter_kinds(sch, b)]
 
 
 def make_rules() -> list:
@@ -426,7 +418,8 @@ def make_rules() -> list:
     class ReductionKernel(base):
         """One reduction block (conv, depthwise, dense, pooling) with its fused element-wise epilogue."""
 
-        kind: str
+        kinds: tuple[str, ...]
+        packed: bool  # int8 layers packed for dot products (int8_dot), or the plain form
         scheduler: object  # (sch, block, CPUShape) -> bool
 
         def apply(self, func, target, tunable):
@@ -434,13 +427,14 @@ def make_rules() -> list:
                 return None
             sch = s_tir.Schedule(func)
             reductions = _reduction_blocks(sch)
-            if len(reductions) != 1 or _kernel_kind(sch, reductions[0]) != self.kind:
+            if len(reductions) != 1 or kernel_kind(sch, reductions[0]) not in self.kinds or \
+                    bool(int8_dot.packed_layer(sch.get(reductions[0]).name_hint)) != self.packed:
                 return None
             shape = CPUShape.of(target)
             if not self.scheduler(sch, reductions[0], shape):
                 return None
             for block in sch.get_child_blocks(sch.get_sblock("root")):
-                if "R" not in _iter_kinds(sch, block) and not _is_scheduled_loop(sch, block):
+                if "R" not in iter_kinds(sch, block) and not _is_scheduled_loop(sch, block):
                     schedule_elementwise(sch, block, shape)
             return sch
 
@@ -465,8 +459,8 @@ def make_rules() -> list:
                 schedule_elementwise(sch, block, shape)
             return sch
 
-    kernels = [type(name, (ReductionKernel,), {"kind": kind, "scheduler": staticmethod(scheduler),
-                                                  "__doc__": why})() for name, kind, scheduler, why in KERNEL_RULES]
+    kernels = [type(name, (ReductionKernel,), {"kinds": kinds, "packed": packed, "scheduler": staticmethod(scheduler),
+                                                  "__doc__": why})() for name, kinds, packed, scheduler, why in KERNEL_RULES]
     return [*kernels, Elementwise()]
 
 
@@ -477,13 +471,22 @@ def _is_scheduled_loop(sch, block) -> bool:
     return any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in sch.get_loops(block))
 
 
-def schedule_for(func, target, rules: list | None = None):
-    """(rule name, Schedule) for one PrimFunc from the first rule that takes it; None when none does."""
+class RuleFailed(UserWarning):
+    """A rule raised on a kernel: shown (kernel, rule, error), and the kernel goes on to the next rule."""
+
+
+def schedule_for(func, target, rules: list | None = None, name: str = "a kernel"):
+    """(rule name, Schedule) for one PrimFunc from the first rule that takes it; None when none does.
+    A rule that raises is a bug of the rule: warned about (RuleFailed), never silently skipped; the
+    kernel then gets the next rule that takes it, or TVM's own lowering (slow, never wrong)."""
     for rule in rules or make_rules():
         try:
             sch = rule.apply(func, target, False)
-        except Exception:  # noqa: BLE001 - a kernel a rule cannot take stays as TVM lowers it, and the
-            continue  # build's [tuning] line names it ("left unscheduled"): slow, never wrong or fatal
+        except Exception as err:  # noqa: BLE001 - one kernel a rule cannot take must not stop the build
+            warnings.warn(f"the {type(rule).__name__} rule raised on {name} ({type(err).__name__}: "
+                          f"{last_line(err)}); it goes on to the next rule. Please report this with the model.",
+                          RuleFailed, stacklevel=2)
+            continue
         if sch is not None:
             return type(rule).__name__, sch
     return None
@@ -508,7 +511,7 @@ def apply_pass(applied: dict | None = None):
                     applied[gvar.name_hint] = "tuned"
                 continue
             target = func.attrs.get("target") or tvm.target.Target.current(allow_none=False)
-            chosen = schedule_for(func, target, rules)
+            chosen = schedule_for(func, target, rules, gvar.name_hint)
             if chosen is not None:
                 updated[gvar] = chosen[1].mod["main"].with_attr("tirx.is_scheduled", True)
             if applied is not None:
@@ -525,8 +528,6 @@ def cpu_pipeline(target, database=None, applied: dict | None = None):
     schedules for the rest, then TVM's CPU lowering."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from compile.tuning import fusion_passes
 
     @tvm.transform.module_pass(opt_level=0, name="mnv2.CPUPipeline")
     def pipeline(mod, _ctx):

@@ -9,13 +9,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compile import default_schedules, frontend, toolchain
-from compile import manifest as contract
-from compile.errors import UserError, last_line
-from compile.manifest import KERNELS, LIBRARY, Manifest
-from compile.threads import SPIN_COUNT, profile_threads
-from compile.variants import Variant
-from targets.profiles import Profile
+from mnv2_edge.compile.schedules import default_schedules
+from mnv2_edge.compile.frontend import convert
+from mnv2_edge.compile.artifacts import toolchain
+from mnv2_edge.compile.artifacts import manifest as contract
+from mnv2_edge.targets.errors import UserError, last_line
+from mnv2_edge.compile.artifacts.manifest import KERNELS, LIBRARY, Manifest
+from mnv2_edge.compile.threads import SPIN_COUNT, profile_threads
+from mnv2_edge.compile.generation.variants import Variant
+from mnv2_edge.targets.profiles import Profile
 
 ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "arm"}
 
@@ -52,18 +54,19 @@ class ModelSource:
 
 
 def builder_fingerprint() -> str:
-    """sha256 of the code that turns a model into a library (compile/*.py): a build made by other code
-    (other default schedules, other converters) is not reused."""
+    """sha256 of the code that turns a model into a library (every .py under compile/): a build made
+    by other code (other default schedules, other converters) is not reused."""
     digest = hashlib.sha256()
-    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
+    compile_dir = Path(__file__).resolve().parent.parent
+    for source in sorted(compile_dir.rglob("*.py")):
+        digest.update(str(source.relative_to(compile_dir)).encode() + source.read_bytes())
     return digest.hexdigest()
 
 
 def compile_relax(mod, profile: Profile, tuning=None):
     """Compile a Relax module for a profile: (executable, schedules). On a CPU every kernel gets its
     tuned record from the database or else its default schedule by rule; schedules maps each kernel
-    to "tuned", "transferred" (a record replayed from a similar task, compile/transfer.py), the
+    to "tuned", "transferred" (a record replayed from a similar task, compile/schedules/transfer.py), the
     rule's name, or "none" (left as TVM lowers it)."""
     import contextlib
 
@@ -141,7 +144,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     progress(f"[import] {source.path}")
-    mod, info = frontend.load_relax(source.path, int8_lowering)
+    mod, info = convert.load_relax(source.path, int8_lowering)
     if source.labels is not None:  # before compiling: misaligned class names are worse than none
         names = Path(source.labels).read_text().splitlines()
         classes = info.outputs[0].shape[-1] if info.outputs and info.outputs[0].shape else None
@@ -222,7 +225,7 @@ def build_artifact(source: ModelSource, profile: Profile, out_dir: Path, tuning=
 
 
 def app_contract(info, profile: Profile, source: ModelSource) -> contract.AppContract:
-    """How an app calls this library (see compile/manifest.py)."""
+    """How an app calls this library (see compile/artifacts/manifest.py)."""
     pictures = len(info.inputs) == 1 and len(info.inputs[0].shape) == 4 and info.inputs[0].shape[3] == 3
     scores = len(info.outputs) == 1 and len(info.outputs[0].shape) == 2
     return contract.AppContract(

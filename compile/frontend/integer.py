@@ -7,7 +7,7 @@ following TFLite's reference kernels so results are bit-exact with them:
 - CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: int8 x int8 -> int32 convolution or matmul; the input
   zero point's term is folded into the bias (the input is padded with its zero point, so borders
   match TFLite, which skips padding); then MultiplyByQuantizedMultiplier per output channel, the
-  output zero point, and the fused activation's clamp (compile/fixed_point.py).
+  output zero point, and the fused activation's clamp (compile/frontend/fixed_point.py).
 - ADD: TFLite's integer add (inputs shifted left by 20, each rescaled, summed, rescaled).
 - QUANTIZE (float -> int, and int -> int requantization as at uint8 model edges), DEQUANTIZE,
   RESHAPE: exact. MEAN and SOFTMAX: computed in float from the integers and rounded once (within
@@ -16,7 +16,7 @@ following TFLite's reference kernels so results are bit-exact with them:
 One entry (`from_quantized_tflite`), a table from op name to converter (`CONVERTERS`), and
 `unsupported` listing at once everything in a file that this path does not cover (ops, int16
 activations, non-zero weight zero points, per-channel activation scales...): such files take TVM's
-float path instead, with a warning naming what was not covered (compile/frontend.py).
+float path instead, with a warning naming what was not covered (compile/frontend/convert.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import tflite
 
-from compile import fixed_point
-from compile.errors import last_line
-from compile.frontend import builtin_options, op_name, tensor_dtype
-from compile.fixed_point import activation_range, const, quantize_multiplier
-from compile.float64_reference import padding
+from mnv2_edge.compile.frontend import fixed_point
+from mnv2_edge.targets.errors import last_line
+from mnv2_edge.compile.frontend.tflite_file import builtin_options, op_name, tensor_dtype
+from mnv2_edge.compile.frontend.fixed_point import activation_range, const, quantize_multiplier
+from mnv2_edge.compile.frontend.float64_reference import padding
 
 ACTIVATIONS = ("int8", "uint8")
 _SAME = 0

@@ -10,7 +10,10 @@ import hashlib
 import warnings
 from pathlib import Path
 
-from compile import int8_dot
+from mnv2_edge.compile.schedules import default_schedules, int8_dot
+from mnv2_edge.compile.schedules.cpu import CPUShape
+from mnv2_edge.compile.schedules.fusion import fuse
+from mnv2_edge.compile.schedules.records import mean_seconds, searched
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -23,27 +26,13 @@ def has_database(path: Path) -> bool:
     return (Path(path) / WORKLOAD_FILE).is_file()
 
 
-def cpu_class(target) -> str:
-    """The instruction-set class a record's speed belongs to: schedules picked for AVX-512 are not
-    the ones to pick for AVX2, so a host's records are kept and applied per class."""
-    from tvm.target import codegen
-
-    features = codegen.llvm_get_cpu_features(target)
-    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
-    if triple.startswith(("x86_64", "i686")):
-        return "x86_64-avx512" if "avx512f" in features else "x86_64-avx2" if "avx2" in features else "x86_64"
-    if triple.startswith("aarch64"):
-        return "aarch64-dotprod" if "dotprod" in features else "aarch64"
-    return triple.split("-")[0]
-
-
 def database_path(profile) -> Path:
     """Where a profile's database lives: tuning_logs/<target>/, and for a target that is whatever CPU
     runs the build (host), one folder per CPU class below it."""
-    from compile.paths import TUNING_ROOT
+    from mnv2_edge.compile.paths import TUNING_ROOT
 
     root = TUNING_ROOT / profile.name
-    return root / cpu_class(profile.tvm_target()) if profile.detect_host else root
+    return root / CPUShape.of(profile.tvm_target()).isa_class if profile.detect_host else root
 
 
 def other_classes(profile) -> list[str]:
@@ -54,54 +43,12 @@ def other_classes(profile) -> list[str]:
     return sorted(p.name for p in path.parent.iterdir() if p != path and has_database(p))
 
 
-def fusion_passes(target) -> list:
-    """Legalize and fuse: the build and task extraction run these same passes, so task keys match."""
-    from tvm import relax
-    from tvm.relax import pipeline
-
-    try:
-        dispatch = pipeline.library_dispatch_passes(target)
-    except (ValueError, AttributeError):
-        dispatch = []
-    return [
-        *dispatch,
-        int8_dot.pack_dot_products(target),  # before legalization: int8 1x1 convs and stems on dot products
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-
-
-def fuse(mod, target):
-    import tvm
-
-    with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(fusion_passes(target))(mod)
-
-
 def classify(task) -> str:
-    """depthwise, pointwise, stem or other, from the shape of the task's weight (its second buffer).
-
-    Task names never say "depthwise"; the weight's shape does. TVM's NHWC conv kernels are HWIO
-    (HWOI with O=1 for depthwise): 3x3xCx1 is depthwise, 1x1 pointwise, 3x3 over 3 channels the stem.
-    """
-    func = next(iter(task.dispatched[0].functions.values()))
-    packed = int8_dot.packed_kind(func)
-    if packed:
-        return packed if packed in ("pointwise", "stem") else "other"
-    # A conv task has data, weight, (bias,) output; with two buffers the second is an output.
-    if len(func.params) < 3 or len(func.params[1].shape) != 4:
-        return "other"
-    kh, kw, cin, cout = (int(d) for d in func.params[1].shape)
-    if (kh, kw) == (1, 1):
-        return "pointwise"
-    if cout == 1 and cin > 1:
-        return "depthwise"
-    if cin == 3:
-        return "stem"
-    return "other"
+    """The task's kind for tuning (--kinds): depthwise, pointwise, stem or other (dense layers,
+    pooling, element-wise), as default_schedules.kernel_kind names its kernel. Task names never say
+    "depthwise"; the weights' shapes do."""
+    kind = default_schedules.function_kind(next(iter(task.dispatched[0].functions.values())))
+    return kind if kind in ("depthwise", "pointwise", "stem") else "other"
 
 
 def task_flops(task) -> float:
@@ -156,7 +103,7 @@ class TuningDatabase:
         measured, and rules only get faster with the code."""
         from tvm.s_tir import meta_schedule as ms
 
-        from compile import transfer
+        from mnv2_edge.compile.schedules import transfer
 
         database = self.open()
         log_entries = transfer.load(self.path)
@@ -223,18 +170,12 @@ def export_for_profile(module, profile_name: str) -> str:
     """A .so linked by the profile's toolchain: what the board's RPC server can load."""
     import tempfile
 
-    from compile.toolchain import fcompile_for
-    from targets.profiles import load_profile
+    from mnv2_edge.compile.artifacts.toolchain import fcompile_for
+    from mnv2_edge.targets.profiles import load_profile
 
     path = Path(tempfile.mkdtemp(prefix="mnv2-tune-")) / "candidate.so"
     module.export_library(str(path), fcompile=fcompile_for(load_profile(profile_name)))
     return str(path)
-
-
-def searched(trace) -> bool:
-    """Whether a record's schedule came from MetaSchedule's search (or was transferred from a searched
-    one): its trace samples tile sizes. A default schedule's trace has fixed splits."""
-    return any(inst.kind.name == "SamplePerfectTile" for inst in trace.insts)
 
 
 def records_for(database, task, limit: int) -> list:
@@ -249,11 +190,6 @@ def best_seconds(database, task) -> float | None:
     if not top or not top[0].run_secs:
         return None
     return mean_seconds(top[0].run_secs)
-
-
-def mean_seconds(run_secs) -> float:
-    """A record's time: the mean of its measured runs (what MetaSchedule ranks records by)."""
-    return sum(float(s) for s in run_secs) / len(run_secs)
 
 
 def workload_key(task) -> str:
@@ -291,7 +227,7 @@ def check_measurement(path: Path, cache_flush: bool) -> None:
     file was written was timed warm."""
     import json
 
-    from compile.errors import UserError
+    from mnv2_edge.targets.errors import UserError
 
     file = Path(path) / MEASUREMENT_FILE
     if file.exists():
@@ -406,7 +342,7 @@ def host_filled_arguments(session, device, args_info, alloc_repeat: int, threads
     import numpy as np
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
 
-    from compile.threads import configure_threads
+    from mnv2_edge.compile.threads import configure_threads
 
     configure_threads(session.get_function, threads)
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from compile import artifact, generate, isolated
-from compile.errors import UserError
-from compile.manifest import LABELS, LIBRARY, Manifest
-from compile.paths import DEFAULT_OUT
-from compile.variants import EXPANSION, NUM_CLASSES, Variant, official_variants
-from targets.profiles import Profile, load_profile
+from mnv2_edge.compile.artifacts import artifact, isolated
+from mnv2_edge.compile.generation import generate
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.artifacts.manifest import LABELS, LIBRARY, Manifest
+from mnv2_edge.compile.paths import DEFAULT_OUT
+from mnv2_edge.compile.generation.variants import EXPANSION, NUM_CLASSES, Variant, official_variants
+from mnv2_edge.targets.profiles import Profile, load_profile
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _model_sources(request: BuildRequest) -> list[artifact.ModelSource]:
 
 def tuning_for(request: BuildRequest, profile: Profile):
     """The tuning database to apply: --tuning-log, else the profile's own (tuning.database_path) when it holds one."""
-    from compile import tuning
+    from mnv2_edge.compile.schedules import tuning
 
     if request.no_tuning:
         return None
@@ -121,7 +122,7 @@ def tuning_for(request: BuildRequest, profile: Profile):
 def tuning_note(request: BuildRequest, profile: Profile) -> str | None:
     """Why a host build applies no database although the project has some: they belong to other CPU
     classes (their schedules were chosen for another instruction set), so they are not applied."""
-    from compile import tuning
+    from mnv2_edge.compile.schedules import tuning
 
     if request.no_tuning or request.tuning_log or tuning.has_database(tuning.database_path(profile)):
         return None

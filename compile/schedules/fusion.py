@@ -1,0 +1,33 @@
+"""Legalize and fuse a Relax module as the build does: task extraction, tuning and the build run these
+same passes, so a task's key (its structural hash) is the same in all three."""
+
+from __future__ import annotations
+
+from mnv2_edge.compile.schedules import int8_dot
+
+
+def fusion_passes(target) -> list:
+    """Legalize and fuse: the build and task extraction run these same passes, so task keys match."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    try:
+        dispatch = pipeline.library_dispatch_passes(target)
+    except (ValueError, AttributeError):
+        dispatch = []
+    return [
+        *dispatch,
+        int8_dot.pack_dot_products(target),  # before legalization: int8 1x1 convs and stems on dot products
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def fuse(mod, target):
+    import tvm
+
+    with target, tvm.transform.PassContext(opt_level=3):
+        return tvm.transform.Sequential(fusion_passes(target))(mod)
