@@ -262,7 +262,12 @@ def test_records_transfer_to_the_same_layer_at_another_resolution(tmp_path, host
     built = run_cli("deploy/check.py", "--model", other, "--tuning-log", tmp_path / "db", "--out", tmp_path / "dist")
     assert built.returncode == 0 and ": OK: " in built.stdout, built.stderr + built.stdout
     manifest = Manifest.read(tmp_path / "dist" / "host" / other.stem)
-    best = tuning.records_for(tuning.TuningDatabase(tmp_path / "db").open(), stem, 1)[0]
+    database = tuning.TuningDatabase(tmp_path / "db").open()
+    # Whatever measured fastest, the transferred record is in the database, measured, with its source
+    held = [transfer.source_of(transfer.load(tmp_path / "db"), tuning.workload_key(stem), record.trace)
+            for record in tuning.records_for(database, stem, 10)]
+    assert "[1,96,96,3] x [3,3,3,16] x [16] x [1,48,48,16]" in held, held
+    best = tuning.records_for(database, stem, 1)[0]
     from_transfer = transfer.source_of(transfer.load(tmp_path / "db"), tuning.workload_key(stem), best.trace)
     # The database applies whichever measured fastest: the transferred record, or the default
     # schedule, and then the build gives the task the rule as the code has it now.
