@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.compile.cli_common import require_at_least, run_main
+from mnv2_edge.targets.errors import UserError
 from mnv2_edge.deploy import loopback
 from mnv2_edge.deploy.measure import TimingSettings
 from mnv2_edge.deploy.session import Endpoint
@@ -59,6 +60,13 @@ def main() -> int:
     parser.add_argument("--number", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
+    try:
+        server_counts = [int(n) for n in args.servers.split(",")]
+    except ValueError:
+        raise UserError(f"--servers takes whole numbers, comma-separated (for example 1,2,4), not {args.servers!r}.") \
+            from None
+    require_at_least(*(("--servers", n, 1) for n in server_counts), ("--threads", args.threads, 1),
+                     ("--number", args.number, 1), ("--repeat", args.repeat, 1))
     selection = pipeline.ModelSelection(widths=[0.35, 0.5, 0.75, 1.0], resolutions=[96, 128, 160, 192])
     with tempfile.TemporaryDirectory(prefix="farm-") as folder:
         work = Path(folder)
@@ -73,7 +81,7 @@ def main() -> int:
               f"thread(s) per server, {cores} cores here")
         print("| servers | boards used | wall s | speed-up |\n|---|---|---|---|")
         base = None
-        for servers in (int(n) for n in args.servers.split(",")):
+        for servers in server_counts:
             wall, used = sweep_wall_seconds(servers, selection, dist, work, timing)
             base = base or wall
             print(f"| {servers} | {used} | {wall:.1f} | {base / wall:.2f}x |", flush=True)
@@ -81,4 +89,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 import numpy as np
 
+from mnv2_edge.compile.cli_common import require_at_least, run_main
 from mnv2_edge.compile.generation.generate import build_graph
 from mnv2_edge.compile.generation.tflite_writer import Graph, serialize
 from mnv2_edge.compile.generation.variants import Variant
@@ -196,6 +197,7 @@ def main() -> int:
     parser.add_argument("--only", type=int, help="replay mutant N alone")
     parser.add_argument("--out", type=Path, default=ROOT / "dist" / "fuzz")
     args = parser.parse_args()
+    require_at_least(("--mutants", args.mutants, 1), ("--timeout", args.timeout, 1), ("--only", args.only, 0))
     args.out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     litert_counts: dict[str, int] = {}
@@ -226,4 +228,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

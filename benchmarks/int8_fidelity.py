@@ -11,11 +11,11 @@ XNNPACK (model outputs only). Not tuned to any of them: the reference kernels de
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 
+from mnv2_edge.compile.cli_common import require_at_least, run_main
 from mnv2_edge.compile.frontend.tflite_file import describe
 from mnv2_edge.compile.generation.generate import write_variant
 from mnv2_edge.compile.generation.images import load_photo, model_inputs, quantize_input
@@ -45,6 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4)
     args = parser.parse_args()
+    require_at_least(("--images", args.images, 1))
     with tempfile.TemporaryDirectory() as folder:
         print("| model | kernels | " + " | ".join(("output", "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN",
                                                    "FULLY_CONNECTED", "SOFTMAX", "QUANTIZE")) + " |")
@@ -60,4 +61,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

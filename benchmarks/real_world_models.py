@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from fuzz_frontend import judge, litert_accepts
 
+from mnv2_edge.compile.cli_common import require_at_least, run_main
 from mnv2_edge.compile.frontend.tflite_file import describe
 from mnv2_edge.compile.paths import CACHE_ROOT
 
@@ -51,6 +52,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per file (a hang beyond)")
     parser.add_argument("--only", help="files whose name contains this")
     args = parser.parse_args()
+    require_at_least(("--timeout", args.timeout, 1))
     shared = ROOT.parent / "shared" / "models"
     files = [(p, "MediaPipe 0.10.14") for p in mediapipe_models()]
     files += [(p, "TF 2.21 converter") for p in sorted(shared.glob("*.tflite"))]
@@ -76,4 +78,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

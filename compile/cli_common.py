@@ -36,6 +36,13 @@ def run_main(main) -> None:
         sys.exit(3)
 
 
+def require_at_least(*flags: tuple[str, float | None, float]) -> None:
+    """(flag, value, least) each: a UserError naming the first numeric flag below its least (None: not given)."""
+    for flag, value, least in flags:
+        if value is not None and value < least:
+            raise UserError(f"{flag} takes a number of at least {least:g}, not {value:g}.")
+
+
 def parse_host_port(text: str, flag: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():

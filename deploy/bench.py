@@ -18,8 +18,7 @@ import contextlib
 from pathlib import Path
 
 
-from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags, model_selection, run_main
-from mnv2_edge.targets.errors import UserError
+from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags, model_selection, require_at_least, run_main
 from mnv2_edge.deploy.device_flags import add_device_flags, endpoint_for
 
 
@@ -60,13 +59,10 @@ def main(argv=None) -> int:
     profile = load_profile(args.target)  # unknown targets fail before anything starts
     selection = model_selection(args)
     selection.requests()  # bad choices (a missing file, an unknown dtype) fail before any device starts
-    for flag, value, least in (("--threads", args.threads, 1), ("--number", args.number, 1),
-                               ("--repeat", args.repeat, 1), ("--min-repeat-ms", args.min_repeat_ms, 0),
-                               ("--cooldown", args.cooldown, 0), ("--warmup", args.warmup, 0),
-                               ("--verify-inputs", args.verify_inputs, 1), ("--timeout", args.timeout, 1),
-                               ("--key-wait", args.key_wait, 0)):
-        if value is not None and value < least:
-            raise UserError(f"{flag} takes a number of at least {least}, not {value:g}.")
+    require_at_least(("--threads", args.threads, 1), ("--number", args.number, 1), ("--repeat", args.repeat, 1),
+                     ("--min-repeat-ms", args.min_repeat_ms, 0), ("--cooldown", args.cooldown, 0),
+                     ("--warmup", args.warmup, 0), ("--verify-inputs", args.verify_inputs, 1),
+                     ("--timeout", args.timeout, 1), ("--key-wait", args.key_wait, 0))
     # Emulated timings mean nothing, so the emulated board keeps its runtime's default.
     threads = args.threads or (None if args.emulated_board else profile_threads(profile))
     with contextlib.ExitStack() as stack:
