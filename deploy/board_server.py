@@ -59,11 +59,12 @@ def register_litert_timer() -> None:
         return interpreter
 
     @tvm_ffi.register_global_func(FUNCTION, override=True)
-    def litert(model: bytearray, inputs: bytearray, threads: int, number: int, repeat: int, cooldown_ms: int) -> str:
+    def litert(model: bytearray, inputs: bytearray, threads: int, number: int, repeat: int, cooldown_ms: int,
+               warmup_ms: int) -> str:
         """number == 0: load the model, set the inputs, run twice, return the second run's seconds (to
-        size the timing). Else, on the loaded model and inputs (none are sent again): one untimed run,
-        then `repeat` samples of `number` runs with `cooldown_ms` between samples, as TVM's
-        time_evaluator times ours (deploy/comparison.py); the seconds per run of each sample."""
+        size the timing). Else, on the loaded model and inputs (none are sent again): untimed runs for
+        `warmup_ms` (at least one), then `repeat` samples of `number` runs with `cooldown_ms` between
+        samples, as ours is timed (deploy/comparison.py); the seconds per run of each sample."""
         if int(number) == 0:
             try:
                 interpreter = load(bytes(model), int(threads))
@@ -79,7 +80,11 @@ def register_litert_timer() -> None:
             interpreter.invoke()
             return json.dumps({"per_run": time.perf_counter() - begun})
         interpreter = loaded[0]
-        interpreter.invoke()
+        begun = time.perf_counter()
+        while True:
+            interpreter.invoke()
+            if time.perf_counter() - begun >= int(warmup_ms) / 1e3:
+                break
         samples = []
         for index in range(int(repeat)):
             if index and int(cooldown_ms):

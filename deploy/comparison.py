@@ -1,19 +1,20 @@
 """One protocol for timing our runtime against LiteRT, the same on a board (the sweep) and on this
 machine (benchmarks/tuned_vs_litert.py), so that a ratio means the same thing wherever it is printed.
 
-- Both runtimes run the same file, inputs and threads, with one untimed run before each turn.
+- Both runtimes run the same file, inputs and threads, with untimed runs for WARMUP_MS before each
+  share of a turn (at least one): after even 50 ms idle, a 2-core VM (measured on the Intel Xeon
+  here) runs the next inferences of a 2-thread pool at 1-thread speed for about 10 ms, whichever
+  runtime comes first; TVM's pool workers, which spin on after an inference, go idle within it too.
 - Both get the same `number` (runs averaged per sample), the same number of samples and the same
   cooldown between samples; --min-repeat-ms grows `number` for both alike.
 - The samples are taken in turns, interleaved: in each turn every runtime takes its share back to
   back, the order rotated from turn to turn (ours first, then LiteRT first, ...), so a slow phase of
-  the machine falls on both. A pause separates one runtime's share from the next: TVM's pool
-  workers spin for a while after an inference (compile/threads.py) and would otherwise hold a core
-  through LiteRT's share.
+  the machine falls on both. A short pause separates one runtime's share from the next.
 - The headline is the median of each runtime's samples, and the ratio of the medians; the 10th
   percentile, p90, min and max stand beside it (results.LatencyStats).
 
 A timer is a function (number, samples, cooldown_ms) -> seconds per run of each sample, after its
-own untimed run: ours wraps TVM's time_evaluator, LiteRT's the board server's `mnv2.litert`.
+own untimed runs: ours wraps TVM's time_evaluator, LiteRT's the board server's `mnv2.litert`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Callable
 
 Timer = Callable[[int, int, int], list[float]]
 
-PAUSE_S = 0.05  # between one runtime's share and the next: TVM's workers stop spinning well within it
+PAUSE_S = 0.005  # between one runtime's share and the next
+WARMUP_MS = 25  # untimed runs before each share, for at least this long (at least one run)
 TURNS = 10  # turns the samples are taken in (at most one sample per turn and runtime)
 HEARTBEAT_S = 5.0  # a runtime's share of a turn lasts at most about this long (the sweep's heartbeat)
 
@@ -97,7 +99,11 @@ def tvm_timer(vm, device) -> Timer:
     """Ours: TVM's time_evaluator over the VM's stateful call, inputs already set."""
 
     def timer(number: int, count: int, cooldown_ms: int) -> list[float]:
-        vm.invoke_stateful("main")  # untimed: caches warm after the other runtime's share
+        begun = time.perf_counter()  # untimed: the cores and caches warm after the other runtime's share
+        while True:
+            vm.invoke_stateful("main")
+            if time.perf_counter() - begun >= WARMUP_MS / 1e3:
+                break
         evaluate = vm.time_evaluator("invoke_stateful", device, number=number, repeat=count,
                                      cooldown_interval_ms=cooldown_ms)
         return list(evaluate("main").results)
@@ -108,11 +114,12 @@ def tvm_timer(vm, device) -> Timer:
 def litert_timer(function, model: bytes, inputs: bytes, threads: int) -> tuple[Timer | None, float, str]:
     """LiteRT through the board server's function (deploy/board_server.py, here or on the board):
     (timer, seconds of one warm run, "") once the model is loaded there, or (None, 0, why not)."""
-    warm = json.loads(function(bytearray(model), bytearray(inputs), threads, 0, 0, 0))
+    warm = json.loads(function(bytearray(model), bytearray(inputs), threads, 0, 0, 0, 0))
     if "error" in warm:
         return None, 0.0, warm["error"]
 
     def timer(number: int, count: int, cooldown_ms: int) -> list[float]:
-        return json.loads(function(bytearray(), bytearray(), threads, number, count, cooldown_ms))["samples"]
+        return json.loads(function(bytearray(), bytearray(), threads, number, count, cooldown_ms,
+                                   WARMUP_MS))["samples"]
 
     return timer, warm["per_run"], ""

@@ -60,6 +60,25 @@ def test_host_server_through_tracker_times_and_verifies(tmp_path):
         assert again.stdout.count("done before, skipped") == 4
 
 
+def test_board_server_listens_on_loopback_unless_told_otherwise(tmp_path):
+    """A TVM RPC server runs any code it is sent: ours binds 127.0.0.1 by default (TVM's stock server
+    binds every interface), and says nothing; any other address is the user's explicit choice."""
+    import psutil
+
+    port = loopback.free_port_span()
+    server = subprocess.Popen([sys.executable, str(loopback.BOARD_SERVER), "--port", str(port), "--port-end",
+                               str(port + loopback.PORT_SPAN)], stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "server.log", "wb"), start_new_session=True)
+    try:
+        loopback.wait_for_port(port, 120, server)
+        listening = {c.laddr for p in [psutil.Process(server.pid), *psutil.Process(server.pid).children(True)]
+                     for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    finally:
+        loopback.stop_pid(server.pid)
+    assert listening and {address.ip for address in listening} == {"127.0.0.1"}, listening
+    assert "warning" not in (tmp_path / "server.log").read_text()
+
+
 def test_direct_rpc_server_of_tvms_own_kind(tmp_path):
     """TVM's stock server, directly: ours is measured; the LiteRT column is empty and says why."""
     port = loopback.free_port_span()
