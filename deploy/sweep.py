@@ -151,8 +151,9 @@ def _record(config: SweepConfig, step: str, result: results.BenchmarkResult, pro
     if asked and result.threads and result.threads < asked:
         progress(f"{step}: the device's TVM runtime runs {result.threads} of the {asked} threads asked "
                  f"for: its RPC server was started with a lower cap (start it with TVM_NUM_THREADS={asked})")
-    if result.timed and (result.timed["number"], result.timed["repeat"]) != (config.timing.number,
-                                                                           config.timing.repeat):
+    # Fewer runs than asked: cut to fit --timeout (--min-repeat-ms may have grown the runs per repeat)
+    timed, asked_runs = result.timed, config.timing.number * config.timing.repeat
+    if timed and (timed["repeat"] < config.timing.repeat or timed["number"] * timed["repeat"] < asked_runs):
         progress(f"{step}: timed {result.timed['number']} x {result.timed['repeat']} runs instead of "
                  f"{config.timing.number} x {config.timing.repeat}, to fit --timeout "
                  f"{time_limit(config, result.macs):.0f} s")
