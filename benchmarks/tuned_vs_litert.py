@@ -21,7 +21,6 @@ says where the default-schedule build spends its time, by kind of kernel.
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing
 import os
 import time
@@ -31,9 +30,10 @@ import numpy as np
 
 from mnv2_edge.compile.artifacts import pipeline
 from mnv2_edge.compile.schedules import tuning
-from mnv2_edge.compile.cli_common import run_main
+from mnv2_edge.compile.cli_common import require_at_least, run_main
 from mnv2_edge.targets.errors import UserError
 from mnv2_edge.compile.frontend.convert import load_relax
+from mnv2_edge.compile.generation.generate import DTYPES
 from mnv2_edge.compile.generation.images import model_inputs
 from mnv2_edge.compile.artifacts.manifest import Manifest
 from mnv2_edge.compile.paths import DEFAULT_OUT
@@ -58,10 +58,8 @@ def tvm_loaded(out_dir: Path, inputs):
 
 def litert_loaded(model: Path, inputs, threads: int) -> comparison.Timer:
     """LiteRT in this process through the board server's own function: the sweep's LiteRT timer."""
-    packed = io.BytesIO()
-    np.savez(packed, *inputs)
     function, _ = LocalSession().litert_timer()
-    timer, _, why = comparison.litert_timer(function, model.read_bytes(), packed.getvalue(), threads)
+    timer, _, why = comparison.litert_timer(function, model.read_bytes(), inputs, threads)
     if timer is None:
         raise UserError(f"LiteRT cannot time {model}: {why}")
     return timer
@@ -170,13 +168,10 @@ def main() -> int:
     parser.add_argument("--host-cpu", help="compile for this LLVM CPU instead of this machine's (e.g. znver3: "
                         "the AVX2 code another machine would get, run here); sets MNV2_HOST_CPU")
     args = parser.parse_args()
-    if args.runs < TURNS:
-        raise UserError(f"--runs {args.runs}: at least {TURNS}, one per turn of each runtime.")
-    if args.threads < 1:
-        raise UserError(f"--threads {args.threads}: at least 1.")
+    require_at_least(("--runs", args.runs, TURNS), ("--threads", args.threads, 1))  # a run per turn, at least
     dtypes = [d for d in args.dtypes.split(",") if d]
-    if not dtypes or set(dtypes) - {"float32", "int8"}:
-        raise UserError(f"--dtypes takes float32, int8 or both, comma-separated, not {args.dtypes!r}.")
+    if not dtypes or set(dtypes) - set(DTYPES):
+        raise UserError(f"--dtypes takes {', '.join(DTYPES)} or both, comma-separated, not {args.dtypes!r}.")
     if args.host_cpu:
         os.environ["MNV2_HOST_CPU"] = args.host_cpu
     specs = ([(v.width, v.resolution) for v in official_variants()] if args.all_official

@@ -47,9 +47,7 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         endpoint, label = endpoint_for(args, stack)  # a device target needs a way to reach the device
         out_dirs = pipeline.build_each(requests)
-        session = stack.enter_context(LocalSession()) if endpoint is None else endpoint.open()
-        if endpoint is not None:
-            stack.callback(session.close)
+        session = stack.enter_context(LocalSession() if endpoint is None else endpoint.open())
         for out_dir in out_dirs:
             result = check_artifact(out_dir, session)
             where = f" on {label or session.board}" if endpoint is not None else ""

@@ -51,20 +51,14 @@ SILENCE_S = 15.0  # no report for this long during the timed runs (and 4 shares'
 def _load_litert(session, report, model: Path, inputs, threads: int | None):
     """(LiteRT's timer on the session's device, seconds of one warm run, "") on the same file, inputs
     and threads as ours; or (None, 0, why not)."""
-    import io
-
-    import numpy as np
-
     from mnv2_edge.deploy import comparison
 
     function, why = session.litert_timer()
     if function is None:
         return None, 0.0, why
-    packed = io.BytesIO()
-    np.savez(packed, *inputs)
     report({"quiet": True})  # loading LiteRT and the model on the board: no heartbeat until timed
     try:
-        return comparison.litert_timer(function, Path(model).read_bytes(), packed.getvalue(), threads or 0)
+        return comparison.litert_timer(function, Path(model).read_bytes(), inputs, threads or 0)
     except Exception as err:  # noqa: BLE001 - LiteRT failing on the board leaves our measurement standing
         from mnv2_edge.targets.errors import last_line
 

@@ -306,11 +306,3 @@ def packed_layer(block_name: str) -> str | None:
     """"pointwise", "dense" or "stem" for a packed kernel's reduction block, else None."""
     return next((layer for layer, name in BLOCKS.items() if block_name.startswith(name)), None)
 
-
-def packed_kind(func) -> str | None:
-    """"pointwise", "dense" or "stem" when a (fused) PrimFunc holds a packed kernel, else None."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    return next((layer for b in sch.get_child_blocks(sch.get_sblock("root"))
-                 if (layer := packed_layer(sch.get(b).name_hint))), None)
