@@ -11,8 +11,9 @@ cd "$(dirname "$0")"
 # qemu-user: the emulated Cortex-A board. pocl + ocl-icd: a real OpenCL compiler for the GPU kernels.
 # openssh-server: the SSH deployment path's tests. procps (pgrep) and binutils (readelf): test tools.
 # g++-aarch64-linux-gnu, make, libstb-dev (stb_image.h): the C++ example app (examples/cpp) for the board.
+# llvm-19: llvm-mca and llvm-mc, the simulated Cortex-A core's scheduling models (deploy/simulated_core).
 APT_PACKAGES="python3-venv gcc g++ make gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf clang lld qemu-user \
-pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev openssh-server openssh-client procps binutils libstb-dev"
+pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev openssh-server openssh-client procps binutils libstb-dev llvm-19"
 
 setup() {
     local missing=""
@@ -40,7 +41,7 @@ case "${1:-}" in
         setup
         .venv/bin/python compile/build.py --target arm_cpu --width 1.0
         .venv/bin/python deploy/bench.py --target arm_cpu --emulated-board --widths 0.35 --resolutions 96 \
-            --dtype float32,int8 --number 1 --repeat 3
+            --dtype float32,int8 --number 1 --repeat 3 --estimate
         ;;
     test)
         setup

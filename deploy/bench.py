@@ -41,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "server is deploy/board_server.py or the device is this machine)")
     p.add_argument("--remeasure", action="store_true",
                    help="measure again what an identical earlier measurement in results.jsonl covers")
+    p.add_argument("--estimate", action="store_true",
+                   help="also estimate ours and LiteRT on the profile's simulated Cortex-A core (one thread; "
+                        "rasp4b, rasp5, arm_cpu): the report shows it beside the device's times, labelled as an "
+                        "estimate. On the emulated board, the only speed figure that means anything")
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
     p.add_argument("--verify-inputs", type=int, default=1, help="inputs checked against LiteRT per variant")
     p.add_argument("--timeout", type=float, default=300,
@@ -54,9 +58,13 @@ def main(argv=None) -> int:
     from mnv2_edge.deploy.measure import TimingSettings
     from mnv2_edge.deploy.sweep import SweepConfig, run_sweep
     from mnv2_edge.compile.threads import profile_threads
+    from mnv2_edge.targets.errors import UserError
     from mnv2_edge.targets.profiles import load_profile
 
     profile = load_profile(args.target)  # unknown targets fail before anything starts
+    if args.estimate and not profile.core:
+        raise UserError(f"--estimate: target {args.target} names no simulated core ([core] in its profile); "
+                        f"these do: rasp4b, rasp5, arm_cpu.")
     selection = model_selection(args)
     selection.requests()  # bad choices (a missing file, an unknown dtype) fail before any device starts
     require_at_least(("--threads", args.threads, 1), ("--number", args.number, 1), ("--repeat", args.repeat, 1),
@@ -74,7 +82,7 @@ def main(argv=None) -> int:
             timeout=args.timeout, key_wait=args.key_wait, verify_inputs=args.verify_inputs,
             results=args.results or Path("results") / args.target, tuning_log=args.tuning_log,
             no_tuning=args.no_tuning, int8_lowering=args.int8_lowering,
-            device_label=label, emulated=args.emulated_board, remeasure=args.remeasure,
+            device_label=label, emulated=args.emulated_board, remeasure=args.remeasure, estimate=args.estimate,
         )
         if args.out:
             config.dist = args.out

@@ -111,13 +111,18 @@ def _fetch_wheels(progress) -> None:
         unneeded.unlink()
 
 
+def guest_environment() -> dict[str, str]:
+    """What the board's python needs from qemu-aarch64's environment: its files, its wheels only."""
+    return {"QEMU_LD_PREFIX": str(ROOT), "PYTHONPATH": str(SITE), "TVM_USE_RUNTIME_LIB": "1", "PYTHONNOUSERSITE": "1"}
+
+
 def _launcher_text() -> str:
+    settings = " ".join(f"{name}='{value}'" for name, value in guest_environment().items())
     return (
         "#!/bin/sh\n"
         "# arm64 CPython under qemu-user; -0 makes sys.executable this script, so workers re-enter qemu.\n"
         "# -cpu max: every Armv8 extension qemu has (the dot-product instructions of rasp5 builds too).\n"
-        f"QEMU_LD_PREFIX='{ROOT}' PYTHONPATH='{SITE}' TVM_USE_RUNTIME_LIB=1 PYTHONNOUSERSITE=1 "
-        f"exec qemu-aarch64 -cpu max -0 '{LAUNCHER}' '{ROOT}/usr/bin/python3.11' \"$@\"\n"
+        f"{settings} exec qemu-aarch64 -cpu max -0 '{LAUNCHER}' '{ROOT}/usr/bin/python3.11' \"$@\"\n"
     )
 
 

@@ -86,6 +86,13 @@ def markdown(results: list[BenchmarkResult]) -> str:
     if moved:
         lines += ["", "Measured again on another board after a failure:"] + [
             f"- {r.name} (on {r.board}): " + "; ".join(r.retried) for r in moved]
+    estimated = [r for r in results if r.estimate]
+    if estimated:
+        cores = sorted({f"{r.estimate['core']} at {r.estimate['clock_ghz']:g} GHz" for r in estimated})
+        lines += ["", f"ESTIMATED on a simulated {', '.join(cores)}, one thread (ms, ours / LiteRT): "
+                  f"{estimated[0].estimate['note']}.", "", "| model | ours | LiteRT | ours / LiteRT |", "|---|---:|---:|---:|"]
+        lines += [f"| {r.name} | {r.estimate['ours_ms']:.2f} | {r.estimate['litert_ms']:.2f} | {r.estimate['ratio']:.2f}x |"
+                  for r in sorted(estimated, key=lambda r: r.name)]
     failed = [r for r in results if r.status != "ok"]
     if failed:
         lines += ["", "Failed or mismatched:"] + [f"- {r.name}: {r.status}: {r.error}" for r in failed]

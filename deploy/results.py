@@ -58,6 +58,8 @@ class BenchmarkResult:
     litert_note: str = ""  # why LiteRT was not timed there
     board: str = ""  # the server that measured it (its address): boards of one key share the key's results
     retried: list[str] = field(default_factory=list)  # earlier attempts on other boards that failed, and why
+    # ours and LiteRT on the profile's simulated core (deploy/simulated_core), where asked: an estimate
+    estimate: dict = field(default_factory=dict)
     board_lost: bool = False  # failed because the board died or froze (not because of the model)
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 

@@ -41,6 +41,7 @@ class SweepConfig:
     device_label: str = ""
     emulated: bool = False
     remeasure: bool = False  # measure again even what an identical earlier measurement covers
+    estimate: bool = False  # also ours and LiteRT on the profile's simulated core (an estimate)
 
 
 def build_jobs(config: SweepConfig) -> list[tuple[str, pipeline.BuildRequest]]:
@@ -99,10 +100,26 @@ def measure_variant(config: SweepConfig, out_dir: Path, progress=None) -> result
         result.latency = results.LatencyStats.from_seconds(device["samples"])
         if result.macs:
             result.gmacs_per_second = result.macs / (result.latency.median_ms * 1e-3) / 1e9
+    if config.estimate:
+        result.estimate = simulated_estimate(out_dir, config.target, progress)
     bad = [c for c in result.verification if not c["ok"]]
     result.status = "mismatch" if bad else "ok"
     result.error = "; ".join(f"{c['name']}: {c['problem']}" for c in bad)
     return result
+
+
+def simulated_estimate(out_dir: Path, target: str, progress=None) -> dict:
+    """Ours and LiteRT on the profile's simulated core, one thread: what the report shows beside an
+    emulated board's (meaningless) wall time."""
+    from mnv2_edge.deploy.simulated_core import estimate
+    from mnv2_edge.targets.profiles import load_profile
+
+    profile = load_profile(target)
+    runs = {rt: estimate.estimate_artifact(out_dir, profile, rt, progress or (lambda m: None))
+            for rt in estimate.RUNTIMES}
+    return {"core": runs["ours"].core, "clock_ghz": runs["ours"].clock_ghz, "ours_ms": runs["ours"].ms,
+            "litert_ms": runs["litert"].ms, "ratio": runs["ours"].cycles / runs["litert"].cycles,
+            "note": estimate.LEAVES_OUT}
 
 
 def _duration(seconds: float) -> str:
@@ -230,6 +247,8 @@ def run_sweep(config: SweepConfig, progress=print) -> list[results.BenchmarkResu
             if key in done and not config.remeasure:
                 progress(f"{step}: done before, skipped (the same library, database and timing measured on "
                          f"{done[key].finished_at}; --remeasure measures again)")
+                if config.estimate and not done[key].estimate:
+                    done[key].estimate = simulated_estimate(out_dir, config.target, progress)
                 with lock:
                     this_run.append(done[key])
                 free.release()

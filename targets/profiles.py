@@ -21,6 +21,7 @@ class Profile:
     host: dict | None  # host target for GPU profiles
     link: dict = field(default_factory=dict)  # how to link the .so: kind, compiler, machine, apt
     detect_host: bool = False  # the target is whatever CPU runs the build (its databases go per CPU class)
+    core: dict | None = None  # the simulated core for estimates (deploy/simulated_core): [core] of the file
 
     @property
     def is_gpu(self) -> bool:
@@ -84,6 +85,7 @@ def load_profile(name: str) -> Profile:
             host=data.get("host"),
             link=data.get("link", {}),
             detect_host=bool(data.get("detect_host", False)),
+            core=data.get("core"),
         )
     except (tomllib.TOMLDecodeError, KeyError) as err:
         raise UserError(f"Device profile {path} is malformed ({type(err).__name__}: {err}).") from None

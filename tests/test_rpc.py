@@ -124,14 +124,18 @@ def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
     """rasp5 (Cortex-A76, +dotprod) builds on the board under qemu -cpu max: float32 against the float64
     rule, integer int8 (with sdot dot-product instructions) against TFLite's reference kernels."""
     result = bench(tmp_path, "--target", "rasp5", "--emulated-board", *SMALL, "--dtype", "float32,int8",
-                   "--number", "1", "--repeat", "2", "--verify-inputs", "2")
+                   "--number", "1", "--repeat", "2", "--verify-inputs", "2", "--estimate")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "NOT device latencies" in result.stdout
+    # The speed figure that means something here: the simulated Cortex-A76's, labelled as an estimate.
+    assert "ESTIMATED on a simulated Cortex-A76 at 2.4 GHz, one thread" in result.stdout
+    assert re.search(r"\| mnv2_0.35_96_int8 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\dx \|", result.stdout), result.stdout
     done = read_results(tmp_path)
     assert {r.name for r in done} == {"mnv2_0.35_96_float32", "mnv2_0.35_96_int8"}
     for r in done:
         assert r.status == "ok" and r.emulated and len(r.verification) == 2
         assert r.litert and r.litert.runs == 2  # the board's aarch64 LiteRT (1.4.0), same file and inputs
+        assert r.estimate["core"] == "Cortex-A76" and r.estimate["ours_ms"] > 0 and r.estimate["litert_ms"] > 0
         assert elf_machine(tmp_path.parent / "dist" / "rasp5" / r.name / "model.so") == "aarch64"
     int8 = next(r for r in done if r.dtype == "int8")
     assert all(check["error_vs_reference_kernels"] is not None for check in int8.verification)

@@ -59,6 +59,35 @@ OFFICIAL_TABLE = {
 }
 
 
+# The same 22 checkpoints' ImageNet top-1 (%) and latency (ms) on one Pixel 1 large core, TFLite of
+# 2018, as published in tensorflow/models, research/slim/nets/mobilenet/README.md ("Mobilenet V2
+# Imagenet Checkpoints"): the accuracy side of the trade-off the variants exist for (mnv2-pick) and
+# 22 points of one real core to check the simulated core's shape against.
+PUBLISHED_TOP1_PIXEL1 = {
+    (1.4, 224): (75.0, 138.0),
+    (1.3, 224): (74.4, 123.0),
+    (1.0, 224): (71.8, 73.8),
+    (1.0, 192): (70.7, 55.1),
+    (1.0, 160): (68.8, 40.2),
+    (1.0, 128): (65.3, 27.6),
+    (1.0, 96): (60.3, 17.6),
+    (0.75, 224): (69.8, 55.8),
+    (0.75, 192): (68.7, 41.6),
+    (0.75, 160): (66.4, 30.4),
+    (0.75, 128): (63.2, 21.9),
+    (0.75, 96): (58.8, 14.2),
+    (0.5, 224): (65.4, 28.7),
+    (0.5, 192): (63.9, 21.1),
+    (0.5, 160): (61.0, 14.9),
+    (0.5, 128): (57.7, 9.9),
+    (0.5, 96): (51.2, 6.4),
+    (0.35, 224): (60.3, 19.7),
+    (0.35, 192): (58.2, 14.6),
+    (0.35, 160): (55.7, 10.5),
+    (0.35, 128): (50.8, 6.9),
+    (0.35, 96): (45.5, 4.5),
+}
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round to a multiple of `divisor`, never below 90% of `value` (the reference rule)."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)

@@ -1,0 +1,130 @@
+"""ARM speed without a board: ours against LiteRT (XNNPACK) on simulated Cortex-A cores, every
+official variant, and a check of the simulator against published figures.
+
+    python benchmarks/simulated_cortex_a.py [--targets rasp4b,rasp5] [--dtypes float32,int8]
+                                            [--variants 1.0/224,0.35/96 | all official by default]
+
+For each target with a [core] (rasp4b: Cortex-A72 at 1.5 GHz; rasp5: Cortex-A76 at 2.4 GHz, with
+dotprod): build each variant, count one inference of ours and of LiteRT 1.4.0's XNNPACK on the same
+file under qemu-user with that CPU, and estimate cycles with llvm-mca's model of the core
+(deploy/simulated_core). One thread. Deterministic, cached, resumable (a rerun reuses every
+finished estimate); the estimates are added to results/<target>/estimates.jsonl for mnv2-pick. An estimate, not a measurement: what it leaves out is printed with the tables.
+
+Checks of the simulator's shape (printed): LiteRT's estimates against the 22 published Pixel 1
+latencies (tensorflow/models, TFLite of 2018 on one Kryo core: rank correlation and the spread of the
+ratio), and against XNNPACK's published Raspberry Pi 4 figures (end-to-end MobileNetV2 1.0/224, all
+4 cores: float32 46 ms, int8 17 ms), our one-thread estimate divided by 4 as if threads scaled ideally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.compile.cli_common import run_main
+from mnv2_edge.compile.generation.variants import PUBLISHED_TOP1_PIXEL1
+from mnv2_edge.compile.paths import DEFAULT_OUT
+from mnv2_edge.deploy.estimate import table
+from mnv2_edge.deploy.simulated_core.estimate import LEAVES_OUT, append_results, compare
+from mnv2_edge.targets.errors import UserError
+from mnv2_edge.targets.profiles import load_profile
+
+XNNPACK_PI4_4_THREADS_MS = {"float32": 46.0, "int8": 17.0}  # XNNPACK's README, end2end benchmark, arm64
+
+
+def _ranks(values: list[float]) -> list[int]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0] * len(values)
+    for rank, index in enumerate(order):
+        ranks[index] = rank
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = _ranks(a), _ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
+
+
+def selection(text: str | None):
+    from mnv2_edge.compile.artifacts.pipeline import ModelSelection
+
+    if not text:
+        return lambda dtypes: ModelSelection(all_official=True, dtypes=dtypes)
+    try:
+        pairs = [(float(w), int(r)) for w, r in (item.split("/") for item in text.split(","))]
+    except ValueError:
+        raise UserError(f"--variants {text}: expected WIDTH/RESOLUTION pairs such as 1.0/224,0.35/96.") from None
+    widths, resolutions = sorted({w for w, _ in pairs}), sorted({r for _, r in pairs})
+    return lambda dtypes: ModelSelection(widths=widths, resolutions=resolutions, dtypes=dtypes)
+
+
+def summary(rows) -> str:
+    ratios = sorted(c.ratio for c in rows)
+    worst = max(rows, key=lambda c: c.ratio)
+    return (f"median {statistics.median(ratios):.2f}x, best {ratios[0]:.2f}x, worst {worst.ratio:.2f}x "
+            f"({worst.ours.model}); {sum(r <= 1.0 for r in ratios)} of {len(ratios)} at or under 1.0x")
+
+
+def checks(rows) -> list[str]:
+    lines = []
+    float_rows = [c for c in rows if c.dtype == "float32" and (c.width, c.resolution) in PUBLISHED_TOP1_PIXEL1]
+    if len(float_rows) >= 5:
+        estimated = [c.litert.ms for c in float_rows]
+        published = [PUBLISHED_TOP1_PIXEL1[(c.width, c.resolution)][1] for c in float_rows]
+        spread = sorted(p / e for e, p in zip(estimated, published))
+        lines.append(f"LiteRT's estimate against the published Pixel 1 column ({len(float_rows)} float32 variants): "
+                     f"rank correlation {spearman(estimated, published):.3f}; published / estimated from "
+                     f"{spread[0]:.2f} to {spread[-1]:.2f} (median {statistics.median(spread):.2f}): a "
+                     f"constant ratio means the estimate scales the variants as the real core does")
+    for c in rows:
+        if (c.width, c.resolution) == (1.0, 224) and c.target == "rasp4b" and c.dtype in XNNPACK_PI4_4_THREADS_MS:
+            published = XNNPACK_PI4_4_THREADS_MS[c.dtype]
+            lines.append(f"XNNPACK on a Pi 4, 1.0/224 {c.dtype}: published {published:g} ms on 4 threads; "
+                         f"estimated {c.litert.ms:.1f} ms on 1 thread, {c.litert.ms / 4:.1f} ms if 4 threads scaled "
+                         f"ideally ({100 * (c.litert.ms / 4 / published - 1):+.0f}%)")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", default="rasp4b,rasp5")
+    p.add_argument("--dtypes", default="float32,int8")
+    p.add_argument("--variants", help="WIDTH/RES pairs, comma-separated (default: the 22 official)")
+    p.add_argument("--out", type=Path, default=Path("results") / "simulated_cortex_a",
+                   help="folder for report.md and comparisons.json")
+    args = p.parse_args(argv)
+    chosen = selection(args.variants)
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    all_rows = []
+    for target in [t for t in args.targets.split(",") if t]:
+        profile = load_profile(target)
+        if not profile.core:
+            raise UserError(f"Target {target} names no simulated core ([core] in its profile): use rasp4b or rasp5.")
+        for dtype in dtypes:
+            requests = chosen([dtype]).requests(target=target, out=DEFAULT_OUT)
+            rows = compare(pipeline.build_each(requests), profile)
+            append_results(rows, Path("results") / target)  # where mnv2-pick looks
+            all_rows += rows
+    report = []
+    for target in dict.fromkeys(c.target for c in all_rows):
+        for dtype in dict.fromkeys(c.dtype for c in all_rows):
+            rows = [c for c in all_rows if c.target == target and c.dtype == dtype]
+            if rows:
+                report += [f"## {target} ({rows[0].ours.core} at {rows[0].ours.clock_ghz:g} GHz), {dtype}: "
+                           f"{summary(rows)}", "", table(rows)]
+    report += ["## Checks of the simulator", "", *[f"- {line}" for line in checks(all_rows)], "",
+               f"All figures: {LEAVES_OUT}."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.md").write_text("\n".join(report) + "\n")
+    (args.out / "comparisons.json").write_text(json.dumps([c.to_dict() for c in all_rows], indent=1))
+    print("\n".join(report))
+    print(f"\nwritten: {args.out / 'report.md'}, {args.out / 'comparisons.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

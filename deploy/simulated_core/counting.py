@@ -1,0 +1,130 @@
+"""Count what one inference executes: the model runs in the emulated board's python under qemu-user
+with our block-counting plugin (count_blocks.c, compiled here once), one thread, and only the
+inferences between two markers are counted, never the process's start-up or Python's set-up.
+
+Deterministic by construction: one guest thread, Python's hash seed fixed and address-space
+randomisation off (`setarch -R`), so the same build executes the same blocks the same number of times
+on every run and machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnv2_edge.compile.paths import CACHE_ROOT
+from mnv2_edge.deploy import emulated_board
+from mnv2_edge.targets.errors import UserError, last_line
+
+HERE = Path(__file__).resolve().parent
+PLUGIN_SOURCE = HERE / "count_blocks.c"
+GUEST_SCRIPT = HERE / "guest_inference.py"
+COUNT_TIMEOUT_S = 1800  # one emulated process: 1.4/224 runs for about a minute with the plugin
+
+
+@dataclass(frozen=True)
+class Block:
+    """One translated block of guest code and how often it ran in the counted region."""
+    address: int
+    executions: int
+    code: bytes  # the block's instruction words, little-endian
+
+    @property
+    def instructions(self) -> int:
+        return len(self.code) // 4
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    offset: int
+    path: str
+
+
+@dataclass
+class Counts:
+    blocks: list[Block]
+    maps: list[Mapping]
+    inferences: int
+
+
+def plugin() -> Path:
+    """The plugin, compiled once per source text (host gcc)."""
+    digest = hashlib.sha256(PLUGIN_SOURCE.read_bytes()).hexdigest()[:16]
+    built = CACHE_ROOT / "simulated_core" / f"count_blocks-{digest}.so"
+    if built.exists():
+        return built
+    if not shutil.which("gcc"):
+        raise UserError("The simulated core needs gcc to compile its qemu plugin (the README's set-up installs it).")
+    built.parent.mkdir(parents=True, exist_ok=True)
+    partial = built.with_suffix(".partial")
+    done = subprocess.run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", str(partial), str(PLUGIN_SOURCE)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(f"Compiling the qemu plugin {PLUGIN_SOURCE} failed: {last_line(done.stderr)}")
+    partial.replace(built)
+    return built
+
+
+def _read_blocks(path: Path) -> list[Block]:
+    """Blocks of equal address and code (translated again after a flush) are one block."""
+    merged: dict[tuple[int, bytes], int] = {}
+    for line in path.read_text().splitlines():
+        address, executions, code = line.split()
+        key = (int(address, 16), bytes.fromhex(code))
+        merged[key] = merged.get(key, 0) + int(executions)
+    return [Block(address, executions, code) for (address, code), executions in sorted(merged.items())]
+
+
+def _read_maps(path: Path) -> list[Mapping]:
+    maps = []
+    for line in path.read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and "x" in fields[1]:  # executable mappings of files
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            maps.append(Mapping(start, end, int(fields[2], 16), fields[5]))
+    return maps
+
+
+def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path, what: str) -> list[Block]:
+    """Run the guest program (an aarch64 executable and its arguments) under qemu-aarch64 with the
+    plugin; the blocks it executed between its markers."""
+    blocks_file = work / "blocks.txt"
+    command = ["qemu-aarch64", "-cpu", qemu_cpu, "-plugin", f"{plugin()},out={blocks_file}", *guest]
+    if shutil.which("setarch") and subprocess.run(["setarch", "-R", "true"], capture_output=True).returncode == 0:
+        command = ["setarch", "-R", *command]
+    try:
+        done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=COUNT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"Counting {what} under qemu-aarch64 took over {COUNT_TIMEOUT_S} s: the machine is "
+                        f"overloaded.") from None
+    if done.returncode != 0 or not blocks_file.exists():
+        raise UserError(f"Counting {what} under qemu-aarch64 -cpu {qemu_cpu} failed (exit {done.returncode}): "
+                        f"{last_line(done.stderr or done.stdout)}")
+    return _read_blocks(blocks_file)
+
+
+def count(runtime: str, model: Path, inputs: list[np.ndarray], qemu_cpu: str, inferences: int = 1,
+          progress=lambda message: None) -> Counts:
+    """Run `inferences` inferences of `model` (a model.so for runtime "tvm", a .tflite for "litert")
+    on the emulated board's python under `-cpu qemu_cpu`, counting every block they execute."""
+    emulated_board.provision(progress)
+    with tempfile.TemporaryDirectory(prefix="mnv2-count-") as tmp:
+        work = Path(tmp)
+        np.savez(work / "inputs.npz", *inputs)
+        maps_file = work / "maps.txt"
+        guest = [str(emulated_board.ROOT / "usr/bin/python3.11"), str(GUEST_SCRIPT), "--runtime", runtime,
+                 "--model", str(model), "--inputs", str(work / "inputs.npz"), "--count", str(inferences),
+                 "--maps", str(maps_file)]
+        env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
+        blocks = run_counted(guest, qemu_cpu, env, work, f"{model.name} ({runtime})")
+        return Counts(blocks, _read_maps(maps_file), inferences)

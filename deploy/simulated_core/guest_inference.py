@@ -1,0 +1,68 @@
+"""Runs inside the emulated aarch64 python (imports nothing of the project): load one model with one
+thread, run it until lazy set-up is done, then run `--count` inferences between the two markers the
+block-counting plugin (count_blocks.c) watches for, and write the process's memory map beside its
+counts, so each block's address can be named (library, symbol).
+
+    python3 guest_inference.py --runtime tvm|litert --model FILE --inputs FILE.npz --count N --maps OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+
+MARK_SYSCALL, MARK_MAGIC = 172, 0x6D6E7632  # getpid on aarch64 (ignores its arguments); "mnv2"
+POOLED_ALLOCATOR = 2  # tvm.relax.VirtualMachine.POOLED_ALLOCATOR, its default
+WARMUP_RUNS = 1  # the first run allocates and packs weights; from the second on, every run is the same
+
+
+def tvm_runner(model: str, arrays: list):
+    import tvm  # the runtime only (the board's wheel has no compiler): the Relax VM's calls, as
+    # tvm.relax.VirtualMachine makes them
+
+    device = tvm.cpu()
+    vm = tvm.runtime.load_module(model)["vm_load_executable"]()
+    vm["vm_initialization"](device.dlpack_device_type(), device.index, POOLED_ALLOCATOR)
+    vm["set_input"]("main", *[tvm.runtime.tensor(x, device) for x in arrays])
+    invoke = vm["invoke_stateful"]
+    return lambda: invoke("main")
+
+
+def litert_runner(model: str, arrays: list):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=model, num_threads=1)
+    interpreter.allocate_tensors()
+    for detail, array in zip(interpreter.get_input_details(), arrays):
+        interpreter.set_tensor(detail["index"], array)
+    return interpreter.invoke
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runtime", choices=("tvm", "litert"), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--inputs", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--maps", required=True)
+    args = parser.parse_args()
+    import numpy as np
+
+    with np.load(args.inputs) as data:
+        arrays = [data[name] for name in data.files]
+    run = (tvm_runner if args.runtime == "tvm" else litert_runner)(args.model, arrays)
+    for _ in range(WARMUP_RUNS):
+        run()
+    libc = ctypes.CDLL(None)
+    libc.syscall(MARK_SYSCALL, MARK_MAGIC, 1)
+    for _ in range(args.count):
+        run()
+    libc.syscall(MARK_SYSCALL, MARK_MAGIC, 0)
+    with open("/proc/self/maps") as maps, open(args.maps, "w") as out:
+        out.write(maps.read())
+    os._exit(0)  # nothing after the region matters; skip the interpreter's slow teardown under qemu
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The simulated Cortex-A core (deploy/simulated_core): counts that are exact, cycles from LLVM's
+real scheduling model, one estimate for one build on every run, and mnv2-pick over what it gives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_clean_error, run_cli
+from mnv2_edge.compile.artifacts import pipeline
+from mnv2_edge.compile.artifacts.manifest import LIBRARY, MODEL_COPY, Manifest
+from mnv2_edge.compile.generation.images import model_inputs
+from mnv2_edge.deploy.simulated_core import counting, cycles, estimate
+from mnv2_edge.targets.profiles import load_profile
+
+needs_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("qemu-aarch64", "aarch64-linux-gnu-gcc", cycles.LLVM_MCA)),
+    reason="needs qemu-user, gcc-aarch64-linux-gnu and llvm-19 (the README's set-up installs them)")
+
+LOOP_PROGRAM = r"""
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+volatile long sink;
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    syscall(172, 0x6d6e7632, 1);  /* the plugin's start marker */
+    for (long i = 0; i < n; i++)
+        sink += i;
+    syscall(172, 0x6d6e7632, 0);  /* its stop marker */
+    for (long i = 0; i < 1000; i++)  /* after the region: never counted */
+        sink += i;
+    return 0;
+}
+"""
+
+
+@needs_tools
+def test_the_plugin_counts_exactly_what_runs_between_the_markers(tmp_path):
+    source = tmp_path / "loop.c"
+    source.write_text(LOOP_PROGRAM)
+    program = tmp_path / "loop"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-static", "-o", str(program), str(source)], check=True)
+
+    def executed(n: int):
+        work = tmp_path / f"n{n}"
+        work.mkdir()
+        return counting.run_counted([str(program), str(n)], "cortex-a72", {}, work, "the loop program")
+
+    small, large = executed(1234), executed(5234)
+    # Only the loop's block runs more often, exactly 4000 times more; every other block of the region
+    # (the marker calls) the same number of times; nothing after the stop marker is counted.
+    before = {(b.address, b.code): b.executions for b in small}
+    after = {(b.address, b.code): b.executions for b in large}
+    assert before.keys() == after.keys()
+    grown = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    assert list(grown.values()) == [4000], grown
+    assert not any(990 <= n <= 1000 for n in after.values())  # the 1000-iteration loop after the region
+
+
+@needs_tools
+def test_instruction_classes_and_cycles_come_from_the_core_model():
+    assert cycles.instruction_class("fmla v0.4s, v1.4s, v2.s[0]") == "multiply(-add)"
+    assert cycles.instruction_class("sdot v0.4s, v1.16b, v2.4b[1]") == "multiply(-add)"
+    assert cycles.instruction_class("ldp q0, q1, [x0], #32") == "SIMD load/store"
+    assert cycles.instruction_class("ldrb w3, [x1, #1]") == "load/store"
+    assert cycles.instruction_class("b.ne #-64") == "branch"
+    assert cycles.instruction_class("add x1, x1, #16") == "scalar"
+    independent = [f"fmla v{i}.4s, v20.4s, v21.4s" for i in range(8)]
+    chain = ["fmla v0.4s, v20.4s, v21.4s"] * 8
+    for mcpu in ("cortex-a72", "neoverse-n1"):
+        fast, slow = cycles._mca(mcpu, "+neon", [independent, chain])
+        # Two FP pipes: 8 independent multiply-adds need at least 4 cycles; a chain of 8 waits on
+        # each result's latency, which is several cycles on every Cortex-A.
+        assert 4 <= fast < slow and slow >= 8 * 3, (mcpu, fast, slow)
+
+
+@pytest.fixture(scope="module")
+def built(work) -> Path:
+    # rasp5's 0.35/96, as test_rpc's emulated-board sweep estimates it: the same build, whose estimate
+    # that test left in the cache.
+    request = pipeline.BuildRequest(target="rasp5", width=0.35, resolution=96, dtype="float32", out=work)
+    return pipeline.build_each([("0.35/96", request)], progress=lambda m: None)[0]
+
+
+@needs_tools
+@pytest.mark.slow
+def test_one_build_gives_one_estimate_and_multiply_adds_at_least_the_floor(built):
+    profile = load_profile("rasp5")
+    manifest = Manifest.read(built)
+    inputs = model_inputs(manifest.inputs, 0)
+    fresh = estimate.simulate("ours", built / LIBRARY, inputs, profile, manifest.schedules, manifest.name)
+    # Another process, earlier (this run's sweep, or a run before it of the same simulator): the same.
+    assert estimate.estimate_artifact(built, profile, "ours").to_dict() == fresh.to_dict()
+    litert = estimate.estimate_artifact(built, profile, "litert")
+    # float32: four products per NEON instruction at best; a kernel may skip the products of the
+    # zero padding at a feature map's borders (a few percent at 96x96), so a little under is fine.
+    floor = manifest.model.variant.macs / 4
+    for result in (fresh, litert):
+        multiply_adds = result.by_class["multiply(-add)"].instructions
+        assert 0.95 * floor <= multiply_adds <= 1.5 * floor, (result.runtime, multiply_adds, floor)
+        assert result.cycles > 0 and 0 < result.ms < 1000 and result.core == "Cortex-A76"
+    assert any(name.startswith("kernels: Pointwise") for name in fresh.by_part)
+
+
+def _write_estimates(folder: Path, rows: list[tuple[float, int, float]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "estimates.jsonl", "w") as out:
+        for width, resolution, ms in rows:
+            core = {"ms": ms, "core": "Cortex-A72", "clock_ghz": 1.5}
+            out.write(json.dumps({"target": "rasp4b", "width": width, "resolution": resolution, "dtype": "float32",
+                                  "ours": core, "litert": core}) + "\n")
+
+
+def test_pick_takes_the_most_accurate_variant_within_the_budget(tmp_path):
+    # Published top-1 (tensorflow/models): 1.0/224 71.8, 0.75/224 69.8, 1.0/160 68.8, 0.35/96 45.5.
+    _write_estimates(tmp_path, [(1.0, 224, 40.0), (0.75, 224, 30.0), (1.0, 160, 31.0), (0.35, 96, 3.0)])
+    chosen = run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "35", "--results", tmp_path)
+    assert chosen.returncode == 0, chosen.stderr
+    assert "pick: 0.75/224 (69.8% top-1" in chosen.stdout
+    # 1.0/160 is slower and less accurate than 0.75/224: off the Pareto front.
+    assert "|   1/160 |" in chosen.stdout and "| * 0.75/224 <- pick |" in chosen.stdout
+    assert "estimated: simulated Cortex-A72" in chosen.stdout
+    none = run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "1", "--results", tmp_path)
+    assert none.returncode == 1 and "No variant fits 1 ms; the fastest known is 0.35/96" in none.stdout
+
+
+def test_pick_and_estimate_refuse_what_they_cannot_answer(tmp_path):
+    assert_clean_error(run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "30", "--results", tmp_path),
+                       "no float32 latencies", "mnv2-estimate")
+    assert_clean_error(run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "0"), "above 0")
+    assert_clean_error(run_cli("deploy/estimate.py", "--target", "host", "--width", "0.35", "--res", "96"),
+                       "no simulated core", "rasp4b")
