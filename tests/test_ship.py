@@ -145,7 +145,8 @@ def test_an_installed_copy_builds_from_any_folder_and_writes_nothing_into_itself
                                 str(ROOT)], capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, installed.stderr
     assert sorted(p.name for p in (site / "bin").iterdir()) == ["mnv2-bench", "mnv2-board", "mnv2-build",
-                                                                "mnv2-check", "mnv2-classify", "mnv2-tune"]
+                                                                "mnv2-check", "mnv2-classify", "mnv2-estimate",
+                                                                "mnv2-pick", "mnv2-tune"]
     # One top-level name: the folders (compile/, deploy/, targets/, tuning_logs/) live under mnv2_edge
     assert sorted(p.name for p in site.iterdir() if p.name != "bin" and not p.name.endswith(".dist-info")) \
         == ["mnv2_edge"]

@@ -27,10 +27,14 @@ from mnv2_edge.targets.profiles import Profile
 
 LEAVES_OUT = ("an estimate from a simulated core (qemu-user instruction counts, llvm-mca's scheduling model), "
               "not a measurement: one thread, every load an L1 hit (no cache misses or memory bandwidth), "
-              "no branch mispredictions or call costs")
+              "no branch mispredictions or call costs, nor the Python driver's calls and libc")
 RUNTIMES = ("ours", "litert")
 CACHE = CACHE_ROOT / "simulated_core" / "estimates"
-SCHEMA = "mnv2-edge/core-estimate/1"
+SCHEMA = "mnv2-edge/core-estimate/2"
+# The guest's Python driver and libc (the interpreter's call into the runtime, its allocator): not
+# the inference, and not deterministic either (a few hundred instructions that vary with the heap
+# the process's paths and environment left before the counted region).
+DRIVER_PARTS = ("python3", "libpython", "_ctypes", "libffi", "libc")
 
 
 @dataclass
@@ -127,9 +131,12 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
     by_part: dict[str, Part] = {}
     total = Part()
     for block, instructions, block_cycles in zip(blocks, text, per_block):
+        name = part_of(block.address)
+        if name.startswith(DRIVER_PARTS):
+            continue
         runs = block.executions / counts.inferences
         spent = block_cycles * runs
-        part = by_part.setdefault(part_of(block.address), Part())
+        part = by_part.setdefault(name, Part())
         part.instructions += block.instructions * runs
         part.cycles += spent
         total.instructions += block.instructions * runs
