@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 
 from mnv2_edge.compile.artifacts import pipeline
-from mnv2_edge.compile.cli_common import run_main
+from mnv2_edge.compile.cli_common import parse_variants, run_main
 from mnv2_edge.compile.generation.variants import PUBLISHED_TOP1_PIXEL1
 from mnv2_edge.compile.paths import DEFAULT_OUT
 from mnv2_edge.deploy.estimate import table
@@ -49,17 +49,16 @@ def spearman(a: list[float], b: list[float]) -> float:
     return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
 
 
-def selection(text: str | None):
+def requests(target: str, dtype: str, variants: str | None):
+    """Build requests for the official variants, or the --variants pairs (each pair, not the product
+    of their widths and resolutions)."""
     from mnv2_edge.compile.artifacts.pipeline import ModelSelection
 
-    if not text:
-        return lambda dtypes: ModelSelection(all_official=True, dtypes=dtypes)
-    try:
-        pairs = [(float(w), int(r)) for w, r in (item.split("/") for item in text.split(","))]
-    except ValueError:
-        raise UserError(f"--variants {text}: expected WIDTH/RESOLUTION pairs such as 1.0/224,0.35/96.") from None
-    widths, resolutions = sorted({w for w, _ in pairs}), sorted({r for _, r in pairs})
-    return lambda dtypes: ModelSelection(widths=widths, resolutions=resolutions, dtypes=dtypes)
+    if not variants:
+        return ModelSelection(all_official=True, dtypes=[dtype]).requests(target=target, out=DEFAULT_OUT)
+    return [request for width, resolution in parse_variants(variants)
+            for request in ModelSelection(widths=[width], resolutions=[resolution], dtypes=[dtype])
+            .requests(target=target, out=DEFAULT_OUT)]
 
 
 def summary(rows) -> str:
@@ -97,7 +96,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("results") / "simulated_cortex_a",
                    help="folder for report.md and comparisons.json")
     args = p.parse_args(argv)
-    chosen = selection(args.variants)
     dtypes = [d for d in args.dtypes.split(",") if d]
     all_rows = []
     for target in [t for t in args.targets.split(",") if t]:
@@ -105,8 +103,7 @@ def main(argv=None) -> int:
         if not profile.core:
             raise UserError(f"Target {target} names no simulated core ([core] in its profile): use rasp4b or rasp5.")
         for dtype in dtypes:
-            requests = chosen([dtype]).requests(target=target, out=DEFAULT_OUT)
-            rows = compare(pipeline.build_each(requests), profile)
+            rows = compare(pipeline.build_each(requests(target, dtype, args.variants)), profile)
             append_results(rows, Path("results") / target)  # where mnv2-pick looks
             all_rows += rows
     report = []

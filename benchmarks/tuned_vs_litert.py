@@ -30,7 +30,7 @@ import numpy as np
 
 from mnv2_edge.compile.artifacts import pipeline
 from mnv2_edge.compile.schedules import tuning
-from mnv2_edge.compile.cli_common import require_at_least, run_main
+from mnv2_edge.compile.cli_common import parse_variants, require_at_least, run_main
 from mnv2_edge.targets.errors import UserError
 from mnv2_edge.compile.frontend.convert import load_relax
 from mnv2_edge.compile.generation.generate import DTYPES
@@ -38,7 +38,7 @@ from mnv2_edge.compile.generation.images import model_inputs
 from mnv2_edge.compile.artifacts.manifest import Manifest
 from mnv2_edge.compile.paths import DEFAULT_OUT
 from mnv2_edge.compile.threads import SPIN_COUNT
-from mnv2_edge.compile.generation.variants import Variant, official_variants
+from mnv2_edge.compile.generation.variants import official_variants
 from mnv2_edge.deploy import comparison, runner
 from mnv2_edge.deploy.session import LocalSession
 from mnv2_edge.targets.profiles import load_profile
@@ -78,19 +78,6 @@ def control_ms(model: Path, inputs, threads: int, plan: comparison.Plan) -> np.n
     samples = queue.get(timeout=600)
     process.join()
     return np.asarray(samples) * 1e3
-
-
-def parse_variants(text: str) -> list[tuple[float, int]]:
-    specs = []
-    for spec in text.split(","):
-        width, _, res = spec.partition("/")
-        try:
-            variant = Variant(float(width), int(res))
-        except ValueError:
-            raise UserError(f"--variants takes WIDTH/RESOLUTION pairs, comma-separated (for example "
-                            f"1.0/224,0.35/96), not {spec!r}.") from None
-        specs.append((variant.width, variant.resolution))
-    return specs
 
 
 def measured_breakdown(out_dir: Path, inputs, kinds: dict[str, str], runs: int) -> dict[str, float]:

@@ -61,6 +61,22 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
     return lo, hi
 
 
+def parse_variants(text: str) -> list[tuple[float, int]]:
+    """--variants WIDTH/RESOLUTION,... (the benchmarks'): the pairs, each checked as a variant."""
+    from mnv2_edge.compile.generation.variants import Variant
+
+    specs = []
+    for spec in text.split(","):
+        width, _, res = spec.partition("/")
+        try:
+            variant = Variant(float(width), int(res))
+        except ValueError:
+            raise UserError(f"--variants takes WIDTH/RESOLUTION pairs, comma-separated (for example "
+                            f"1.0/224,0.35/96), not {spec!r}.") from None
+        specs.append((variant.width, variant.resolution))
+    return specs
+
+
 def _listed(kind, what: str):
     def parse(text: str) -> list:
         try:

@@ -114,12 +114,9 @@ def simulated_estimate(out_dir: Path, target: str, progress=None) -> dict:
     from mnv2_edge.deploy.simulated_core import estimate
     from mnv2_edge.targets.profiles import load_profile
 
-    profile = load_profile(target)
-    runs = {rt: estimate.estimate_artifact(out_dir, profile, rt, progress or (lambda m: None))
-            for rt in estimate.RUNTIMES}
-    return {"core": runs["ours"].core, "clock_ghz": runs["ours"].clock_ghz, "ours_ms": runs["ours"].ms,
-            "litert_ms": runs["litert"].ms, "ratio": runs["ours"].cycles / runs["litert"].cycles,
-            "note": estimate.LEAVES_OUT}
+    both = estimate.compare([out_dir], load_profile(target), progress or (lambda m: None))[0]
+    return {"core": both.ours.core, "clock_ghz": both.ours.clock_ghz, "ours_ms": both.ours.ms,
+            "litert_ms": both.litert.ms, "ratio": both.ratio, "note": estimate.LEAVES_OUT}
 
 
 def _duration(seconds: float) -> str:

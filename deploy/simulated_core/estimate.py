@@ -30,7 +30,7 @@ LEAVES_OUT = ("an estimate from a simulated core (qemu-user instruction counts, 
               "no branch mispredictions or call costs, nor the Python driver's calls and libc")
 RUNTIMES = ("ours", "litert")
 CACHE = CACHE_ROOT / "simulated_core" / "estimates"
-SCHEMA = "mnv2-edge/core-estimate/2"
+SCHEMA = "mnv2-edge/core-estimate/3"
 # The guest's Python driver and libc (the interpreter's call into the runtime, its allocator): not
 # the inference, and not deterministic either (a few hundred instructions that vary with the heap
 # the process's paths and environment left before the counted region).
@@ -57,7 +57,7 @@ class CoreEstimate:
     cycles: float
     by_class: dict[str, Part] = field(default_factory=dict)  # cycles.CLASSES
     by_part: dict[str, Part] = field(default_factory=dict)  # kernel kind (ours) or library
-    blocks: int = 0
+    blocks: int = 0  # executed blocks counted (the driver's left out)
     leaves_out: str = LEAVES_OUT
     schema: str = SCHEMA
 
@@ -130,10 +130,12 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
     by_class = {c: Part() for c in cycles.CLASSES}
     by_part: dict[str, Part] = {}
     total = Part()
+    kept = 0
     for block, instructions, block_cycles in zip(blocks, text, per_block):
         name = part_of(block.address)
         if name.startswith(DRIVER_PARTS):
             continue
+        kept += 1
         runs = block.executions / counts.inferences
         spent = block_cycles * runs
         part = by_part.setdefault(name, Part())
@@ -149,7 +151,7 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
                         qemu_cpu=core["qemu_cpu"], clock_ghz=float(core["clock_ghz"]),
                         code_sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
                         instructions=total.instructions, cycles=total.cycles, by_class=by_class,
-                        by_part=dict(sorted(by_part.items(), key=lambda kv: -kv[1].cycles)), blocks=len(blocks))
+                        by_part=dict(sorted(by_part.items(), key=lambda kv: -kv[1].cycles)), blocks=kept)
 
 
 def estimate_artifact(out_dir: Path, profile: Profile, runtime: str, progress=lambda message: None) -> CoreEstimate:
