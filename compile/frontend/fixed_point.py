@@ -73,7 +73,7 @@ def _per_channel(value):
     return lambda c: value[c]
 
 
-def _doubling_high(shape, value, multiplier, shift, name: str):
+def _doubling_high(shape, value, multiplier, shift, name: str, left_shifts: bool = True):
     """TE stage: SaturatingRoundingDoublingHighMul(value << max(shift, 0), multiplier) per element,
     with its one 32 x 32 -> 64-bit product (both factors sign-extended from int32: x86's vpmuldq,
     AArch64's smull). Its own stage: the rounding after it reads it twice (value and sign), and
@@ -82,14 +82,16 @@ def _doubling_high(shape, value, multiplier, shift, name: str):
     SaturatingRoundingDoublingHighMul(x, m) = (x m + 2^30) >> 31, arithmetically: gemmlowp adds a
     nudge of 2^30 or 1 - 2^30 by sign and divides truncating, and for a negative product those
     agree with the floor of (x m + 2^30) / 2^31 (the case that saturates, both INT32_MIN, cannot
-    happen: multipliers are positive)."""
+    happen: multipliers are positive). Without left_shifts (no channel's shift is positive, known
+    from the constants: multipliers below 1, nearly every layer) the left shift is left out, not
+    computed as a shift by zero in every lane."""
     from tvm import te, tirx
 
     multiplier, shift = _per_channel(multiplier), _per_channel(shift)
 
     def high(*index):
         c = index[-1]
-        x = value(*index) << tirx.max(shift(c), 0)
+        x = value(*index) << tirx.max(shift(c), 0) if left_shifts else value(*index)
         return ((x.astype("int64") * multiplier(c).astype("int64") + (1 << 30)) >> 31).astype("int32")
 
     return te.compute(shape, high, name=name)
@@ -107,7 +109,7 @@ def _divided_by_pot(high, shift):
 
 
 def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: int, dtype: str,
-               single_rounding: bool = False):
+               single_rounding: bool = False, left_shifts: bool = True):
     """TE: integer values [..., C] -> dtype, as TFLite's reference kernels finish a conv, depthwise,
     mean or requantize: + bias, MultiplyByQuantizedMultiplier(multiplier, shift) with its two
     roundings, + zero point, clamp to [low, high]. bias, multiplier and shift are per channel (TE
@@ -135,7 +137,7 @@ def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: in
             return clamped(*index, scaled=scaled)
 
         return te.compute(acc.shape, element, name="requantize")
-    high_mul = _doubling_high(acc.shape, biased, multiplier, shift, "requantize_high")
+    high_mul = _doubling_high(acc.shape, biased, multiplier, shift, "requantize_high", left_shifts)
     return te.compute(acc.shape, lambda *index: clamped(*index, scaled=_divided_by_pot(
         high_mul(*index), shift_of(index[-1]))), name="requantize")
 

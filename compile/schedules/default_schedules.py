@@ -107,10 +107,13 @@ class Tiling:
 
 
 def _int8_on_sdot(sch, block, shape: CPUShape) -> bool:
-    """An int8 reduction on a CPU with sdot: it stays innermost, where LLVM vectorizes it into dot
-    products (four consecutive input channels per int32 lane), which vectorizing the output channels
-    would prevent."""
-    return shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
+    """An int8 reduction over input channels on a CPU with sdot: it stays innermost, where LLVM
+    vectorizes it into dot products (four consecutive input channels per int32 lane), which
+    vectorizing the output channels would prevent. Not a depthwise or pooling kernel: they sum no
+    channels, so sdot has nothing to do there, and keeping their reduction innermost left them
+    scalar (byte loads and multiplies: 60% of an int8 0.35/96's cycles on a simulated Cortex-A76)."""
+    return shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads) and \
+        kernel_kind(sch, block) in ("pointwise", "stem", "dense")
 
 
 def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
@@ -125,6 +128,13 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
         return False
     accumulator_bits = sch.get(block).writes[0].source.dtype.bits
     lanes = shape.lanes(accumulator_bits)
+    if shape.arch == "aarch64" and all(r.source.dtype.bits == 8 for r in sch.get(block).reads) and \
+            kernel_kind(sch, block) == "depthwise":
+        # An int8 x int8 product fits 16 bits: NEON multiplies 8 channels at once (smull into 16-bit
+        # lanes) and widens them into two int32 registers (saddw, saddw2), so a vector covers 8
+        # channels, not one int32 register's 4 (each loaded and widened on its own). Simulated
+        # Cortex-A76, 1.0/224 int8: the depthwise kernels' cycles 9.5 M -> 7.9 M.
+        lanes = shape.lanes(16)
 
     for producer in sch.get_producers(block):  # padding: read through it, no padded copy
         _try(lambda p=producer: sch.compute_inline(p))
@@ -246,9 +256,15 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     # Per input-channel group: one broadcast per pixel (load, XOR or sign-extend, broadcast), one
     # weight load per vector, per accumulator one instruction (vpdpbusd, sdot) or two (vpmaddwd + vpaddd).
     form = int8_dot.FORMS[lanes, group]
+    # On AArch64 the requantization after the sums (sqrdmulh, the rounding shift, the clamps: about 9
+    # NEON instructions per accumulator, against one sdot per 4 input channels) outweighs
+    # MobileNetV2's short reductions, and LLVM spills once it shares the registers with many
+    # accumulators: 8 at most. Simulated Cortex-A76, 1.0/224 int8 (ms): 2 pixels x 4 vectors 12.8,
+    # 2 x 8 13.0, 4 x 4 13.4, 4 x 6 (the block without this limit) 13.4, 2 x 2 14.5.
     pixels, vectors = _register_block(extents[2], blocks, shape.registers, reserved=2,
                                       broadcast_cost=form.broadcast_cost,
-                                      per_accumulator=form.instructions_per_vector)
+                                      per_accumulator=form.instructions_per_vector,
+                                      max_accumulators=8 if shape.arch == "aarch64" else 24)
     w_outer, w_inner = sch.split(width, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
     k_outer, k_inner = sch.split(reduction, [None, group])
@@ -465,10 +481,14 @@ def make_rules() -> list:
 
 
 def _is_scheduled_loop(sch, block) -> bool:
-    """A block already placed under a parallel or vectorized loop by an earlier step."""
+    """A block already placed by an earlier step: under a parallel or vectorized loop, or inside
+    another block's loop nest (an epilogue on a register block whose loops stay serial: an int8
+    classifier of 19 classes on sdot has no vector of channels; fusing its loops raised)."""
     from tvm import tirx
 
-    return any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in sch.get_loops(block))
+    loops = sch.get_loops(block)
+    return any(sch.get(loop).kind != tirx.ForKind.SERIAL for loop in loops) or \
+        bool(loops) and len(sch.get_child_blocks(loops[0])) > 1
 
 
 class RuleFailed(UserWarning):

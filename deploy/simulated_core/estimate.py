@@ -30,7 +30,7 @@ LEAVES_OUT = ("an estimate from a simulated core (qemu-user instruction counts, 
               "no branch mispredictions or call costs, nor the Python driver's calls and libc")
 RUNTIMES = ("ours", "litert")
 CACHE = CACHE_ROOT / "simulated_core" / "estimates"
-SCHEMA = "mnv2-edge/core-estimate/3"
+SCHEMA = "mnv2-edge/core-estimate/4"
 # The guest's Python driver and libc (the interpreter's call into the runtime, its allocator): not
 # the inference, and not deterministic either (a few hundred instructions that vary with the heap
 # the process's paths and environment left before the counted region).
@@ -132,13 +132,13 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
     total = Part()
     kept = 0
     for block, instructions, block_cycles in zip(blocks, text, per_block):
-        name = part_of(block.address)
-        if name.startswith(DRIVER_PARTS):
+        part_name = part_of(block.address)
+        if part_name.startswith(DRIVER_PARTS):
             continue
         kept += 1
         runs = block.executions / counts.inferences
         spent = block_cycles * runs
-        part = by_part.setdefault(name, Part())
+        part = by_part.setdefault(part_name, Part())
         part.instructions += block.instructions * runs
         part.cycles += spent
         total.instructions += block.instructions * runs

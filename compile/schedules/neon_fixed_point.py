@@ -1,0 +1,143 @@
+"""AArch64 NEON forms of TFLite's fixed-point requantization, as a TIR pass after vectorization.
+
+The front end (compile/frontend/fixed_point.py) writes SaturatingRoundingDoublingHighMul for every
+target as one 32 x 32 -> 64-bit product: (x m + 2^30) >> 31. AArch64 has no full-width form of
+that product, so LLVM makes it smull + smull2 + rshrn + rshrn2 per four lanes, where gemmlowp's NEON
+path (which defines TFLite's rounding) uses one `sqrdmulh`: (2 x m + 2^31) >> 32, saturated, is the
+same value for every x and m except x = m = INT32_MIN, where it saturates. The front end's
+multipliers are in [0, 2^31) (QuantizeMultiplier), so the two never differ: bit-exact.
+
+A pass after VectorizeLoop, so it sees the vectors that will be emitted whatever the schedule (a
+default rule's or a tuned record's): NEON's sqrdmulh takes 2 or 4 lanes, so wider vectors are cut
+into 4-lane slices (free: a 16-lane int32 vector is four registers) and scalars use its scalar form.
+"""
+
+from __future__ import annotations
+
+SQRDMULH = "llvm.aarch64.neon.sqrdmulh"
+PIPELINE = "mnv2-aarch64"  # the TIR pipeline: TVM's default, then this pass
+
+
+def _int_value(expr) -> int | None:
+    """The integer of a constant or a broadcast constant; None otherwise."""
+    from tvm import tirx
+
+    if isinstance(expr, tirx.Broadcast):
+        expr = expr.value
+    return int(expr.value) if isinstance(expr, tirx.IntImm) else None
+
+
+def _int32_operand(expr):
+    """x of Cast(int64, x) where x is int32 (any lanes); None otherwise. TVM's simplifier distributes
+    the widening over a sum (Cast(int64, a + b) becomes Cast(int64, a) + Cast(int64, b)), so a sum of
+    such casts is the int32 sum of their operands."""
+    from tvm import tirx
+
+    if isinstance(expr, tirx.Cast) and expr.ty.dtype.startswith("int64") and \
+            expr.value.ty.dtype.split("x")[0] == "int32":
+        return expr.value
+    if isinstance(expr, tirx.Add):
+        a, b = _int32_operand(expr.a), _int32_operand(expr.b)
+        return a + b if a is not None and b is not None else None
+    constant = _int_value(expr)  # a multiplier known when compiling, widened to int64 by the simplifier
+    if constant is not None and -(1 << 31) <= constant < 1 << 31:
+        narrow = tirx.IntImm("int32", constant)
+        return tirx.Broadcast(narrow, expr.lanes) if isinstance(expr, tirx.Broadcast) else narrow
+    return None
+
+
+def _signed_terms(expr, sign: int = 1) -> list:
+    """expr as (sign, term) pairs over its additions and subtractions."""
+    from tvm import tirx
+
+    if isinstance(expr, tirx.Add):
+        return _signed_terms(expr.a, sign) + _signed_terms(expr.b, sign)
+    if isinstance(expr, tirx.Sub):
+        return _signed_terms(expr.a, sign) + _signed_terms(expr.b, -sign)
+    return [(sign, expr)]
+
+
+def doubling_high_operands(cast):
+    """(x, m) when `cast` is Cast(int32, (Cast(int64, x) * Cast(int64, m) + 2^30) >> 31), the front
+    end's SaturatingRoundingDoublingHighMul; None for anything else. TVM's simplifier distributes
+    the product over a sum (x = a + b - c gives a m + b m - c m): the terms are gathered back."""
+    from tvm import tirx
+    from tvm_ffi.structural import structural_equal
+
+    if not (isinstance(cast, tirx.Cast) and cast.ty.dtype.split("x")[0] == "int32"):
+        return None
+    shifted = cast.value
+    if type(shifted).__name__ != "RShift" or _int_value(shifted.b) != 31:
+        return None
+    terms = _signed_terms(shifted.a)
+    rounding = [i for i, (sign, term) in enumerate(terms) if sign == 1 and _int_value(term) == 1 << 30]
+    if len(rounding) != 1 or len(terms) < 2:
+        return None
+    x = multiplier = None
+    for index, (sign, term) in enumerate(terms):
+        if index == rounding[0]:
+            continue
+        if not isinstance(term, tirx.Mul):
+            return None
+        value, factor = _int32_operand(term.a), _int32_operand(term.b)
+        if value is None or factor is None or \
+                (multiplier is not None and not structural_equal(factor, multiplier)):
+            return None
+        multiplier = factor
+        x = (value if sign > 0 else 0 - value) if x is None else (x + value if sign > 0 else x - value)
+    return x, multiplier
+
+
+def _sqrdmulh(x, m, lanes: int):
+    """sqrdmulh on `lanes` lanes: one call for 1, 2 or 4 lanes, 4-lane slices of wider vectors."""
+    from tvm import tirx
+
+    if lanes in (1, 2, 4):
+        return tirx.call_llvm_pure_intrin("int32" if lanes == 1 else f"int32x{lanes}", SQRDMULH, x, m)
+    index = lambda values: [tirx.IntImm("int32", v) for v in values]  # noqa: E731
+    slices = [_sqrdmulh(tirx.Shuffle([x], index(range(at, at + 4))), tirx.Shuffle([m], index(range(at, at + 4))), 4)
+              for at in range(0, lanes, 4)]
+    return tirx.Shuffle(slices, index(range(lanes)))
+
+
+def rewrite(func):
+    """The PrimFunc with every doubling high multiply of a lane count NEON can take as sqrdmulh."""
+    from tvm import tirx
+    from tvm_ffi.structural import structural_map
+
+    def on_cast(cast):
+        operands = doubling_high_operands(cast)
+        if operands is None:
+            return cast
+        dtype = cast.ty.dtype
+        lanes = int(dtype.split("x")[1]) if "x" in dtype else 1
+        return _sqrdmulh(*operands, lanes) if lanes in (1, 2) or lanes % 4 == 0 else cast
+
+    return structural_map(func, [(tirx.Cast, on_cast)])
+
+
+def pass_():
+    from tvm import tirx
+
+    return tirx.transform.prim_func_pass(lambda func, _mod, _ctx: rewrite(func), opt_level=0,
+                                         name="mnv2.NeonFixedPoint")
+
+
+def tir_pipeline(target) -> str:
+    """The TIR pipeline for a CPU target: PIPELINE (registered once) on AArch64, TVM's default elsewhere."""
+    import tvm
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
+    from tvm.tirx.compilation_pipeline import PIPELINE_MAP, register_tir_pipeline
+
+    from mnv2_edge.compile.schedules.cpu import CPUShape
+
+    if CPUShape.of(target).arch != "aarch64":
+        return "default"
+    if PIPELINE not in PIPELINE_MAP:
+        def factory():
+            lower, host, device = default_s_tir_pipeline()
+            return tvm.transform.Sequential([lower, pass_()]), host, device
+
+        register_tir_pipeline(PIPELINE, factory)
+    return PIPELINE
+
