@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from mnv2_edge.compile.schedules import default_schedules, fusion
+from mnv2_edge.compile.schedules import default_schedules, fusion, neon_fixed_point
 from mnv2_edge.compile.schedules.cpu import CPUShape
 from mnv2_edge.compile.frontend import float64_reference
 
@@ -33,7 +33,8 @@ def _compile(mod, target_dict):
     target = tvm.target.Target(target_dict)
     applied: dict[str, str] = {}
     with target, tvm.transform.PassContext(opt_level=3):
-        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, None, applied))
+        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, None, applied),
+                                 tir_pipeline=neon_fixed_point.tir_pipeline(target))
     return executable, applied
 
 
@@ -310,6 +311,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
             assert "PointwiseDot" in applied.values(), applied
             assert re.search(rf"\s{re.escape(instruction)}\s[^\n]*%?{register}", listing), \
                 f"no {instruction} on {register} registers"
+            if arm:  # the requantization's doubling high multiply: one sqrdmulh, not the 64-bit products
+                assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v", listing)
         else:
             assert not forms and "PointwiseDot" not in applied.values()
         if flag and flag not in _cpu_flags():
@@ -327,3 +330,48 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     if flag and flag not in _cpu_flags():  # visible, not a silent pass: the exactness was not run here
         pytest.skip(f"compiled and checked for {instruction}, but this CPU has no {flag} to run it"
                     + (" (the emulated board runs sdot kernels: test_rpc)" if flag == "aarch64" else ""))
+
+
+def test_neon_doubling_high_multiply_is_sqrdmulh_only_in_its_exact_form(tmp_path):
+    """compile/schedules/neon_fixed_point.py: SaturatingRoundingDoublingHighMul, (x m + 2^30) >> 31 in
+    64 bits, becomes one sqrdmulh, also where TVM's simplifier spread the product over a sum (a
+    residual add's rescale); a different rounding, shift or multiplier stays as it is. Compiled for
+    the Cortex-A76: an add and a requantization without the 64-bit products (the emulated board runs
+    such kernels against TFLite's reference kernels: test_rpc)."""
+    import subprocess
+
+    import tvm
+    from tvm import relax, tirx
+
+    from mnv2_edge.compile.frontend import fixed_point
+
+    a, b, c, m, m2 = (tirx.Var(name, "int32") for name in ("a", "b", "c", "m", "m2"))
+    wide = lambda v: tirx.Cast("int64", v)  # noqa: E731
+    high = lambda product, rounding=1 << 30, shift=31: tirx.Cast(  # noqa: E731
+        "int32", tirx.RShift(product + tirx.IntImm("int64", rounding), tirx.IntImm("int64", shift)))
+    found = neon_fixed_point.doubling_high_operands(high(wide(a) * wide(m)))
+    assert found is not None and found[0].same_as(a) and found[1].same_as(m)
+    spread = neon_fixed_point.doubling_high_operands(high(wide(a) * wide(m) + wide(b) * wide(m) - wide(c) * wide(m)))
+    assert spread is not None and str(spread[0]) == "a + b - c" and spread[1].same_as(m)
+    for other in (high(wide(a) * wide(m), rounding=1 << 29), high(wide(a) * wide(m), shift=30),
+                  high(wide(a) * wide(m) + wide(b) * wide(m2))):
+        assert neon_fixed_point.doubling_high_operands(other) is None
+
+    shape = (1, 7, 5, 24)
+    bb = relax.BlockBuilder()
+    x, y = (relax.Var(name, relax.TensorType(shape=shape, dtype="int8")) for name in ("x", "y"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            summed = bb.emit(bb.call_te(fixed_point.add, x, y, a_zero=3, b_zero=-7, a_rescale=(1 << 30, 0),
+                                        b_rescale=(1518500250, -1), left_shift=20, out_rescale=(2030530689, -19),
+                                        zero_point=-2, low=-128, high=127, dtype="int8"))
+            out = bb.emit_output(bb.call_te(fixed_point.requantize, summed, fixed_point.const([5] * 24, "int32"),
+                                            fixed_point.const([1 << 30] * 24, "int32"),
+                                            fixed_point.const([-3] * 24, "int32"), zero_point=0, low=-128, high=127,
+                                            dtype="int8", left_shifts=False))
+        bb.emit_func_output(out)
+    executable, _ = _compile(bb.get(), CORTEX_A76)
+    executable.export_library(str(tmp_path / "kernel.so"), cc="aarch64-linux-gnu-gcc")
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path / "kernel.so")],
+                             capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v", listing)

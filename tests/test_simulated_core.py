@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_clean_error, run_cli
 from mnv2_edge.compile.artifacts import pipeline
-from mnv2_edge.compile.artifacts.manifest import LIBRARY, MODEL_COPY, Manifest
+from mnv2_edge.compile.artifacts.manifest import LIBRARY, Manifest
 from mnv2_edge.compile.generation.images import model_inputs
 from mnv2_edge.deploy.simulated_core import counting, cycles, estimate
 from mnv2_edge.targets.profiles import load_profile
@@ -104,6 +104,7 @@ def test_one_build_gives_one_estimate_and_multiply_adds_at_least_the_floor(built
         multiply_adds = result.by_class["multiply(-add)"].instructions
         assert 0.95 * floor <= multiply_adds <= 1.5 * floor, (result.runtime, multiply_adds, floor)
         assert result.cycles > 0 and 0 < result.ms < 1000 and result.core == "Cortex-A76"
+        assert result.model == manifest.name  # the artifact's name, not a part's (a shadowed variable gave one)
     assert any(name.startswith("kernels: Pointwise") for name in fresh.by_part)
 
 
