@@ -63,7 +63,7 @@ def compare_layers(path: str | Path, input_sets, kernels=tuple(KERNELS)) -> dict
     # The default schedules, as every build gets them: the code users run is the code held to the
     # reference kernels (and TVM's plain pipeline takes minutes to JIT this many unscheduled kernels).
     with target, tvm.transform.PassContext(opt_level=3):
-        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, None, {}))
+        executable = default_schedules.compile_cpu(mod, target)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     worst: dict[str, dict[str, int]] = {name: {} for name in kernels}
     for values in input_sets:

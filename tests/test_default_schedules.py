@@ -33,8 +33,7 @@ def _compile(mod, target_dict):
     target = tvm.target.Target(target_dict)
     applied: dict[str, str] = {}
     with target, tvm.transform.PassContext(opt_level=3):
-        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, None, applied),
-                                 tir_pipeline=neon_fixed_point.tir_pipeline(target))
+        executable = default_schedules.compile_cpu(mod, target, applied=applied)
     return executable, applied
 
 
@@ -340,7 +339,6 @@ def test_neon_doubling_high_multiply_is_sqrdmulh_only_in_its_exact_form(tmp_path
     such kernels against TFLite's reference kernels: test_rpc)."""
     import subprocess
 
-    import tvm
     from tvm import relax, tirx
 
     from mnv2_edge.compile.frontend import fixed_point

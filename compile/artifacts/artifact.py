@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnv2_edge.compile.schedules import default_schedules, neon_fixed_point
+from mnv2_edge.compile.schedules import default_schedules
 from mnv2_edge.compile.frontend import convert
 from mnv2_edge.compile.artifacts import toolchain
 from mnv2_edge.compile.artifacts import manifest as contract
@@ -83,8 +83,7 @@ def compile_relax(mod, profile: Profile, tuning=None):
     applied: dict[str, str] = {}
     with target, (database if database is not None else contextlib.nullcontext()), \
             tvm.transform.PassContext(opt_level=3):
-        executable = tvm.compile(mod, target, relax_pipeline=default_schedules.cpu_pipeline(target, database, applied),
-                                 tir_pipeline=neon_fixed_point.tir_pipeline(target))
+        executable = default_schedules.compile_cpu(mod, target, database, applied)
     for name in (tuning.summary().get("transferred", {}) if tuning is not None else {}):
         if applied.get(name) == "tuned":
             applied[name] = "transferred"

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 from mnv2_edge.targets.errors import last_line
-from mnv2_edge.compile.schedules import int8_dot
+from mnv2_edge.compile.schedules import int8_dot, neon_fixed_point
 from mnv2_edge.compile.schedules.cpu import CPUShape
 from mnv2_edge.compile.schedules.fusion import fusion_passes
 
@@ -106,14 +106,18 @@ class Tiling:
     unroll_taps: bool = False  # unroll up to 9 taps (a 3x3 window) on CPUs with 32 vector registers
 
 
+def _int8_operands(sch, block) -> bool:
+    """Every operand the block reads is 8-bit (an int8 conv, depthwise, matmul or pooling)."""
+    return all(r.source.dtype.bits == 8 for r in sch.get(block).reads)
+
+
 def _int8_on_sdot(sch, block, shape: CPUShape) -> bool:
     """An int8 reduction over input channels on a CPU with sdot: it stays innermost, where LLVM
     vectorizes it into dot products (four consecutive input channels per int32 lane), which
     vectorizing the output channels would prevent. Not a depthwise or pooling kernel: they sum no
     channels, so sdot has nothing to do there, and keeping their reduction innermost left them
     scalar (byte loads and multiplies: 60% of an int8 0.35/96's cycles on a simulated Cortex-A76)."""
-    return shape.int8_dot and all(r.source.dtype.bits == 8 for r in sch.get(block).reads) and \
-        kernel_kind(sch, block) in ("pointwise", "stem", "dense")
+    return shape.int8_dot and _int8_operands(sch, block) and kernel_kind(sch, block) in ("pointwise", "stem", "dense")
 
 
 def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
@@ -128,8 +132,7 @@ def schedule_reduction(sch, block, shape: CPUShape, tiling: Tiling) -> bool:
         return False
     accumulator_bits = sch.get(block).writes[0].source.dtype.bits
     lanes = shape.lanes(accumulator_bits)
-    if shape.arch == "aarch64" and all(r.source.dtype.bits == 8 for r in sch.get(block).reads) and \
-            kernel_kind(sch, block) == "depthwise":
+    if shape.arch == "aarch64" and _int8_operands(sch, block) and kernel_kind(sch, block) == "depthwise":
         # An int8 x int8 product fits 16 bits: NEON multiplies 8 channels at once (smull into 16-bit
         # lanes) and widens them into two int32 registers (saddw, saddw2), so a vector covers 8
         # channels, not one int32 register's 4 (each loaded and widened on its own). Simulated
@@ -541,6 +544,16 @@ def apply_pass(applied: dict | None = None):
         return mod
 
     return apply_rules
+
+
+def compile_cpu(mod, target, database=None, applied: dict | None = None):
+    """Compile a Relax module for a CPU target as every build does: cpu_pipeline for Relax, and for
+    TIR TVM's default lowering, with NEON's fixed-point forms on AArch64 (neon_fixed_point). Inside
+    the caller's target and PassContext (and the database's context when tuned)."""
+    import tvm
+
+    return tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, database, applied),
+                       tir_pipeline=neon_fixed_point.tir_pipeline(target))
 
 
 def cpu_pipeline(target, database=None, applied: dict | None = None):
