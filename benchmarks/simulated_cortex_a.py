@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mnv2_edge.compile.artifacts import pipeline
 from mnv2_edge.compile.cli_common import parse_variants, run_main
-from mnv2_edge.compile.generation.variants import PUBLISHED_TOP1_PIXEL1
+from mnv2_edge.compile.generation.variants import OFFICIAL_TABLE
 from mnv2_edge.compile.paths import DEFAULT_OUT
 from mnv2_edge.deploy.estimate import table
 from mnv2_edge.deploy.simulated_core.estimate import LEAVES_OUT, append_results, compare
@@ -70,10 +70,10 @@ def summary(rows) -> str:
 
 def checks(rows) -> list[str]:
     lines = []
-    float_rows = [c for c in rows if c.dtype == "float32" and (c.width, c.resolution) in PUBLISHED_TOP1_PIXEL1]
+    float_rows = [c for c in rows if c.dtype == "float32" and (c.width, c.resolution) in OFFICIAL_TABLE]
     if len(float_rows) >= 5:
         estimated = [c.litert.ms for c in float_rows]
-        published = [PUBLISHED_TOP1_PIXEL1[(c.width, c.resolution)][1] for c in float_rows]
+        published = [OFFICIAL_TABLE[(c.width, c.resolution)].pixel1_ms for c in float_rows]
         spread = sorted(p / e for e, p in zip(estimated, published))
         lines.append(f"LiteRT's estimate against the published Pixel 1 column ({len(float_rows)} float32 variants): "
                      f"rank correlation {spearman(estimated, published):.3f}; published / estimated from "

@@ -50,9 +50,9 @@ def list_variants(as_json: bool) -> None:
         return
     print(f"{'width':>5} {'res':>4} {'MMACs':>8} {'table':>6} {'Mparams':>8} {'table':>6}")
     for row in rows:
-        macs, params = OFFICIAL_TABLE[(row["width"], row["resolution"])]
-        print(f"{row['width']:>5} {row['resolution']:>4} {row['macs'] / 1e6:>8.1f} {macs:>6} "
-              f"{row['params'] / 1e6:>8.3f} {params:>6}")
+        published = OFFICIAL_TABLE[(row["width"], row["resolution"])]
+        print(f"{row['width']:>5} {row['resolution']:>4} {row['macs'] / 1e6:>8.1f} {published.macs_m:>6} "
+              f"{row['params'] / 1e6:>8.3f} {published.params_m:>6}")
 
 
 def list_targets(as_json: bool) -> None:

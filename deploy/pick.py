@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnv2_edge.compile.cli_common import run_main
-from mnv2_edge.compile.generation.variants import PUBLISHED_TOP1_PIXEL1
+from mnv2_edge.compile.generation.variants import OFFICIAL_TABLE
 from mnv2_edge.targets.errors import UserError
 
 
@@ -51,15 +51,15 @@ def candidates(results: Path, dtype: str) -> list[Candidate]:
             except json.JSONDecodeError:
                 continue
             key = (row.get("width"), row.get("resolution"))
-            if row.get("dtype") == dtype and key in PUBLISHED_TOP1_PIXEL1:
+            if row.get("dtype") == dtype and key in OFFICIAL_TABLE:
                 ours = row["ours"]
-                found[key] = Candidate(*key, PUBLISHED_TOP1_PIXEL1[key][0], ours["ms"],
+                found[key] = Candidate(*key, OFFICIAL_TABLE[key].top1, ours["ms"],
                                        f"estimated: simulated {ours['core']} at {ours['clock_ghz']:g} GHz, 1 thread")
     for result in sorted(results_file.load(results / "results.jsonl"), key=lambda r: r.finished_at):
         key = (result.width, result.resolution)
-        if (result.dtype == dtype and key in PUBLISHED_TOP1_PIXEL1 and result.status == "ok" and result.latency
+        if (result.dtype == dtype and key in OFFICIAL_TABLE and result.status == "ok" and result.latency
                 and not result.emulated):
-            found[key] = Candidate(*key, PUBLISHED_TOP1_PIXEL1[key][0], result.latency.median_ms,
+            found[key] = Candidate(*key, OFFICIAL_TABLE[key].top1, result.latency.median_ms,
                                    f"measured on {result.device} ({result.threads or '?'} threads, median)")
     return sorted(found.values(), key=lambda c: (c.latency_ms, -c.top1))
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         mark = "*" if row in front else " "
         print(f"| {mark} {row.name}{' <- pick' if row == chosen else ''} | {row.top1:.1f} | {row.latency_ms:.2f} | "
               f"{'yes' if row.latency_ms <= args.budget_ms else 'no'} | {row.source} |")
-    missing = len(PUBLISHED_TOP1_PIXEL1) - len(rows)
+    missing = len(OFFICIAL_TABLE) - len(rows)
     if missing:
         print(f"\n{missing} of the 22 variants have no latency here yet.")
     if chosen is None:

@@ -10,6 +10,7 @@ the scaled value. The last 1x1 conv stays 1280 for widths <= 1.0 and is scaled a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mnv2_edge.targets.errors import UserError
 
@@ -32,61 +33,44 @@ BOTTLENECKS = (
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
 
-# The 22 published checkpoints and their table values (MACs and parameters, in millions).
+
+class Published(NamedTuple):
+    """One published checkpoint's row of the official MobileNetV2 table (tensorflow/models,
+    research/slim/nets/mobilenet/README.md, "Mobilenet V2 Imagenet Checkpoints")."""
+
+    macs_m: int  # multiply-adds, millions
+    params_m: float  # parameters, millions
+    top1: float  # ImageNet top-1, %: the accuracy side of the trade-off the variants exist for (mnv2-pick)
+    pixel1_ms: float  # latency on one Pixel 1 large core, TFLite of 2018: 22 points of one real core to
+    # check the simulated core's shape against
+
+
+# The 22 published checkpoints.
 OFFICIAL_TABLE = {
-    (1.4, 224): (582, 6.06),
-    (1.3, 224): (509, 5.34),
-    (1.0, 224): (300, 3.47),
-    (1.0, 192): (221, 3.47),
-    (1.0, 160): (154, 3.47),
-    (1.0, 128): (99, 3.47),
-    (1.0, 96): (56, 3.47),
-    (0.75, 224): (209, 2.61),
-    (0.75, 192): (153, 2.61),
-    (0.75, 160): (107, 2.61),
-    (0.75, 128): (69, 2.61),
-    (0.75, 96): (39, 2.61),
-    (0.5, 224): (97, 1.95),
-    (0.5, 192): (71, 1.95),
-    (0.5, 160): (50, 1.95),
-    (0.5, 128): (32, 1.95),
-    (0.5, 96): (18, 1.95),
-    (0.35, 224): (59, 1.66),
-    (0.35, 192): (43, 1.66),
-    (0.35, 160): (30, 1.66),
-    (0.35, 128): (20, 1.66),
-    (0.35, 96): (11, 1.66),
+    (1.4, 224): Published(582, 6.06, 75.0, 138.0),
+    (1.3, 224): Published(509, 5.34, 74.4, 123.0),
+    (1.0, 224): Published(300, 3.47, 71.8, 73.8),
+    (1.0, 192): Published(221, 3.47, 70.7, 55.1),
+    (1.0, 160): Published(154, 3.47, 68.8, 40.2),
+    (1.0, 128): Published(99, 3.47, 65.3, 27.6),
+    (1.0, 96): Published(56, 3.47, 60.3, 17.6),
+    (0.75, 224): Published(209, 2.61, 69.8, 55.8),
+    (0.75, 192): Published(153, 2.61, 68.7, 41.6),
+    (0.75, 160): Published(107, 2.61, 66.4, 30.4),
+    (0.75, 128): Published(69, 2.61, 63.2, 21.9),
+    (0.75, 96): Published(39, 2.61, 58.8, 14.2),
+    (0.5, 224): Published(97, 1.95, 65.4, 28.7),
+    (0.5, 192): Published(71, 1.95, 63.9, 21.1),
+    (0.5, 160): Published(50, 1.95, 61.0, 14.9),
+    (0.5, 128): Published(32, 1.95, 57.7, 9.9),
+    (0.5, 96): Published(18, 1.95, 51.2, 6.4),
+    (0.35, 224): Published(59, 1.66, 60.3, 19.7),
+    (0.35, 192): Published(43, 1.66, 58.2, 14.6),
+    (0.35, 160): Published(30, 1.66, 55.7, 10.5),
+    (0.35, 128): Published(20, 1.66, 50.8, 6.9),
+    (0.35, 96): Published(11, 1.66, 45.5, 4.5),
 }
 
-
-# The same 22 checkpoints' ImageNet top-1 (%) and latency (ms) on one Pixel 1 large core, TFLite of
-# 2018, as published in tensorflow/models, research/slim/nets/mobilenet/README.md ("Mobilenet V2
-# Imagenet Checkpoints"): the accuracy side of the trade-off the variants exist for (mnv2-pick) and
-# 22 points of one real core to check the simulated core's shape against.
-PUBLISHED_TOP1_PIXEL1 = {
-    (1.4, 224): (75.0, 138.0),
-    (1.3, 224): (74.4, 123.0),
-    (1.0, 224): (71.8, 73.8),
-    (1.0, 192): (70.7, 55.1),
-    (1.0, 160): (68.8, 40.2),
-    (1.0, 128): (65.3, 27.6),
-    (1.0, 96): (60.3, 17.6),
-    (0.75, 224): (69.8, 55.8),
-    (0.75, 192): (68.7, 41.6),
-    (0.75, 160): (66.4, 30.4),
-    (0.75, 128): (63.2, 21.9),
-    (0.75, 96): (58.8, 14.2),
-    (0.5, 224): (65.4, 28.7),
-    (0.5, 192): (63.9, 21.1),
-    (0.5, 160): (61.0, 14.9),
-    (0.5, 128): (57.7, 9.9),
-    (0.5, 96): (51.2, 6.4),
-    (0.35, 224): (60.3, 19.7),
-    (0.35, 192): (58.2, 14.6),
-    (0.35, 160): (55.7, 10.5),
-    (0.35, 128): (50.8, 6.9),
-    (0.35, 96): (45.5, 4.5),
-}
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round to a multiple of `divisor`, never below 90% of `value` (the reference rule)."""
