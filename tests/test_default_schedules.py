@@ -266,7 +266,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     """int8 1x1 convs, fully connected layers and a stem (3x3, stride 2, over 3 channels) packed for
     vpdpbusd, vpmaddwd or sdot (compile/schedules/int8_dot.py), with TFLite's requantization, against NumPy and
     gemmlowp's definition. On AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the
-    8-lane ones; an odd width (11) has no even pixel block. A target without AVX2 keeps the plain conv
+    8-lane ones; an odd width (11) has no even pixel block. On AArch64 48 input channels take sdot by lane
+    index (16 a step), 40 the broadcast form. A target without AVX2 keeps the plain conv
     and matmul. Compiled for every target; run where this CPU can."""
     import subprocess
 
@@ -279,10 +280,11 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
 
     forms = int8_dot.dot_forms(tvm.target.Target(target_dict))
     rng = np.random.default_rng(5)
-    for layer, x_shape, channels in (("conv", (1, 9, 11, 40), 48), ("conv", (1, 9, 11, 40), 24),
+    for layer, x_shape, channels in (("conv", (1, 9, 11, 40), 48), ("conv", (1, 9, 11, 48), 24),
                                      ("dense", (3, 40), 40), ("stem", (1, 15, 13, 3), 32)):
+        depth = x_shape[-1]  # 48: on AArch64 16 input channels a step, sdot by lane index
         x = rng.integers(-128, 128, x_shape).astype("int8")
-        w = rng.integers(-127, 128, (3, 3, 3, channels) if layer == "stem" else (1, 1, 40, channels)).astype("int8")
+        w = rng.integers(-127, 128, (3, 3, 3, channels) if layer == "stem" else (1, 1, depth, channels)).astype("int8")
         bias = rng.integers(-5000, 5000, channels).astype("int32")
         multipliers = [int(m) for m in rng.integers(1 << 30, 1 << 31, channels)]
         shifts = [int(s) for s in rng.integers(-12, 2, channels)]
@@ -310,8 +312,10 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
             assert "PointwiseDot" in applied.values(), applied
             assert re.search(rf"\s{re.escape(instruction)}\s[^\n]*%?{register}", listing), \
                 f"no {instruction} on {register} registers"
-            if arm:  # the requantization's doubling high multiply: one sqrdmulh, not the 64-bit products
+            if arm:  # the requantization: one sqrdmulh (no 64-bit products), srshl rounding
                 assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v", listing)
+                assert re.search(r"\ssrshl\s+v\d+\.4s", listing)
+                assert bool(re.search(r"\ssdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", listing)) == (depth % 16 == 0)
         else:
             assert not forms and "PointwiseDot" not in applied.values()
         if flag and flag not in _cpu_flags():
@@ -321,7 +325,7 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
             windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2]
             acc = np.einsum("nhwcij,ijco->nhwo", windows.astype(np.int64), w.astype(np.int64)).reshape(-1, channels)
         else:
-            acc = x.reshape(-1, 40).astype(np.int64) @ w.reshape(40, channels).astype(np.int64)
+            acc = x.reshape(-1, depth).astype(np.int64) @ w.reshape(depth, channels).astype(np.int64)
         acc = acc + bias
         expected = np.stack([gemmlowp_multiply(acc[:, c], multipliers[c], shifts[c], False)
                              for c in range(channels)], axis=1) - 3
@@ -331,12 +335,14 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                     + (" (the emulated board runs sdot kernels: test_rpc)" if flag == "aarch64" else ""))
 
 
-def test_neon_doubling_high_multiply_is_sqrdmulh_only_in_its_exact_form(tmp_path):
+def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
     """compile/schedules/neon_fixed_point.py: SaturatingRoundingDoublingHighMul, (x m + 2^30) >> 31 in
     64 bits, becomes one sqrdmulh, also where TVM's simplifier spread the product over a sum (a
-    residual add's rescale); a different rounding, shift or multiplier stays as it is. Compiled for
-    the Cortex-A76: an add and a requantization without the 64-bit products (the emulated board runs
-    such kernels against TFLite's reference kernels: test_rpc)."""
+    residual add's rescale); a different rounding, shift or multiplier stays as it is. The rounding
+    right shift (v + ((1 << r) >> 1)) >> r becomes srshl by -r, with the half anywhere in the sum or
+    folded to a constant; another half stays. Compiled for the Cortex-A76: an add and a
+    requantization without the 64-bit products, with srshl (the emulated board runs such kernels
+    against TFLite's reference kernels: test_rpc)."""
     import subprocess
 
     from tvm import relax, tirx
@@ -354,6 +360,17 @@ def test_neon_doubling_high_multiply_is_sqrdmulh_only_in_its_exact_form(tmp_path
     for other in (high(wide(a) * wide(m), rounding=1 << 29), high(wide(a) * wide(m), shift=30),
                   high(wide(a) * wide(m) + wide(b) * wide(m2))):
         assert neon_fixed_point.doubling_high_operands(other) is None
+
+    r = tirx.Var("r", "int32")
+    half = lambda amount: tirx.RShift(tirx.LShift(tirx.IntImm("int32", 1), amount), tirx.IntImm("int32", 1))  # noqa: E731
+    rounded = neon_fixed_point.rounding_shift_operands(tirx.RShift(a - b + half(r), r))
+    assert rounded is not None and str(rounded[0]) == "a - b" and rounded[1].same_as(r)
+    assert str(neon_fixed_point.rounding_shift_operands(tirx.RShift(half(r) + a, r))[0]) == "a"
+    five = tirx.IntImm("int32", 5)
+    assert str(neon_fixed_point.rounding_shift_operands(tirx.RShift(a + tirx.IntImm("int32", 16), five))[0]) == "a"
+    for other in (tirx.RShift(a + half(c), r), tirx.RShift(a - half(r), r), tirx.RShift(a + tirx.IntImm("int32", 8), five),
+                  tirx.RShift(a + b, r)):
+        assert neon_fixed_point.rounding_shift_operands(other) is None
 
     shape = (1, 7, 5, 24)
     bb = relax.BlockBuilder()
@@ -373,3 +390,4 @@ def test_neon_doubling_high_multiply_is_sqrdmulh_only_in_its_exact_form(tmp_path
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path / "kernel.so")],
                              capture_output=True, text=True, check=True).stdout
     assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v", listing)
+    assert re.search(r"\ssrshl\s+v\d+\.4s", listing)

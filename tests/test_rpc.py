@@ -142,9 +142,12 @@ def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
     disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path.parent / "dist" / "rasp5" /
                                   "mnv2_0.35_96_int8" / "model.so")], capture_output=True, text=True, check=True)
     assert re.search(r"\ssdot\s", disassembly.stdout)  # int8 dot products, four per int32 lane
-    # The requantization's doubling high multiply as one sqrdmulh, and depthwise kernels in vectors
+    # and by lane index where a layer has 16k input channels (one 16-byte load for four groups)
+    assert re.search(r"\ssdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", disassembly.stdout)
+    # The requantization as sqrdmulh and srshl, and depthwise kernels in vectors
     # (8 int8 products per smull), all checked against TFLite's reference kernels above.
     assert re.search(r"\ssqrdmulh\s+v\d+\.4s", disassembly.stdout)
+    assert re.search(r"\ssrshl\s+v\d+\.4s", disassembly.stdout)
     assert re.search(r"\ssmull\s+v\d+\.8h", disassembly.stdout)
     assert not _rpc_server_pids()  # the board was stopped
 

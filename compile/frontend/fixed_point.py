@@ -97,15 +97,23 @@ def _doubling_high(shape, value, multiplier, shift, name: str, left_shifts: bool
     return te.compute(shape, high, name=name)
 
 
-def _divided_by_pot(high, shift):
-    """RoundingDivideByPOT(high, max(-shift, 0)) = (h + 2^(e-1) - [h < 0]) >> e for e > 0: halves
-    away from zero."""
+def _divided_by_pot(high, shift, left_shifts: bool = True):
+    """RoundingDivideByPOT(high, e) for e = max(-shift, 0): halves away from zero, in gemmlowp's
+    NEON form (h + ((h & -e) >> 31) + 2^(e-1)) >> e. The fixup (h & -e) >> 31 is -1 exactly where h
+    is negative and e positive (-e has its sign bit set). Without left_shifts every shift is at
+    most 0, so -e is the shift itself, read as is. AArch64 makes the rounding shift one `srshl` by
+    -e (compile/schedules/neon_fixed_point.py); elsewhere it is these plain int32 operations."""
     from tvm import tirx
 
-    right = tirx.max(-shift, 0)
+    if isinstance(shift, tirx.IntImm):  # one shift for the tensor: nothing to round without a right shift
+        if shift.value >= 0:
+            return high
+        exponent = shift
+    else:
+        exponent = tirx.min(shift, 0) if left_shifts else shift
+    right = 0 - exponent
     half = (tirx.const(1, "int32") << right) >> 1
-    below_zero = (high >> 31) & tirx.Select(right > 0, tirx.const(1, "int32"), tirx.const(0, "int32"))
-    return (high + half - below_zero) >> right
+    return (high + ((high & exponent) >> 31) + half) >> right
 
 
 def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: int, dtype: str,
@@ -139,7 +147,7 @@ def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: in
         return te.compute(acc.shape, element, name="requantize")
     high_mul = _doubling_high(acc.shape, biased, multiplier, shift, "requantize_high", left_shifts)
     return te.compute(acc.shape, lambda *index: clamped(*index, scaled=_divided_by_pot(
-        high_mul(*index), shift_of(index[-1]))), name="requantize")
+        high_mul(*index), shift_of(index[-1]), left_shifts)), name="requantize")
 
 
 def add(a, b, a_zero: int, b_zero: int, a_rescale: tuple[int, int], b_rescale: tuple[int, int],

@@ -270,15 +270,21 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
                                       max_accumulators=8 if shape.arch == "aarch64" else 24)
     w_outer, w_inner = sch.split(width, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
-    k_outer, k_inner = sch.split(reduction, [None, group])
-    tile = _gemm_tiles(sch, [batch, height, w_outer], c_outer, math.prod(extents[:3]), extents[3],
-                       [k_outer, w_inner, c_vectors, c_lanes, k_inner])
+    indexed = form is int8_dot.SDOT_128 and extents[4] % (int8_dot.INDEXED_GROUPS * group) == 0
+    if indexed:  # 16 input channels a step: one load of a pixel's 16 bytes, sdot by lane index
+        k_outer, k_groups, k_inner = sch.split(reduction, [None, int8_dot.INDEXED_GROUPS, group])
+        inner = [k_outer, w_inner, c_vectors, k_groups, c_lanes, k_inner]
+    else:
+        k_outer, k_inner = sch.split(reduction, [None, group])
+        inner = [k_outer, w_inner, c_vectors, c_lanes, k_inner]
+    tile = _gemm_tiles(sch, [batch, height, w_outer], c_outer, math.prod(extents[:3]), extents[3], inner)
     init = sch.decompose_reduction(block, k_outer)
     _vectorize_innermost(sch, init, shape)
     sch.unroll(w_inner)
     sch.unroll(c_vectors)
     _place_epilogue(sch, block, epilogue, tile, shape)
-    sch.tensorize(c_lanes, int8_dot.intrinsic(form))  # last: it replaces the block
+    # last: it replaces the block
+    sch.tensorize(*((k_groups, int8_dot.indexed_sdot_intrinsic()) if indexed else (c_lanes, int8_dot.intrinsic(form))))
     return True
 
 

@@ -140,9 +140,69 @@ def _one_instruction(form: DotForm, A, B, C):
     return accumulators + call(spread, B.vload([0, 0], dtype=f"int16x{lanes * 2}"))
 
 
+INDEXED_GROUPS = 4  # sdot's indexed form: four groups of one 16-byte load, each lane by index
+
+
+def indexed_sdot_intrinsic() -> str:
+    """The tensor intrinsic C[i] += sum_k A[k] B[k / 4, i, k % 4], i < 4, k < 16, as four sdot of
+    the indexed form (`sdot v.4s, w.16b, a.4b[g]`): one 16-byte load of the activations serves four
+    groups, where the plain form loads and broadcasts (ld1r) each group's 4 bytes with an address of
+    its own: XNNPACK's neondot micro-kernels read their activations this way."""
+    from tvm import tirx
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    name = f"mnv2_dot_4x4_int8_indexed{INDEXED_GROUPS}"
+    try:
+        TensorIntrin.get(name)
+        return name
+    except ValueError:
+        pass
+    groups, lanes, group = INDEXED_GROUPS, SDOT_128.lanes, SDOT_128.group
+
+    @T.prim_func(s_tir=True)
+    def description(A: T.Buffer((groups * group,), "int8", offset_factor=1),
+                    B: T.Buffer((groups, lanes, group), "int8", offset_factor=1),
+                    C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:groups * group], B[0:groups, 0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for g in T.serial(0, groups):
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, group):
+                        with T.sblock("update"):
+                            vi = T.axis.spatial(lanes, i)
+                            vk = T.axis.reduce(groups * group, g * group + k)
+                            C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk // group, vi, vk % group])
+
+    def sums(A, B, C):
+        words = tirx.reinterpret(f"int32x{groups}", A.vload([0], f"int8x{groups * group}"))
+        accumulators = C.vload([0], dtype=f"int32x{lanes}")
+        for g in range(groups):
+            lane = tirx.Shuffle([words], [tirx.IntImm("int32", g)] * lanes)
+            # the lane operand last: LLVM matches the indexed form there only
+            accumulators = tirx.call_llvm_pure_intrin(f"int32x{lanes}", SDOT_128.instruction, accumulators,
+                                                      B.vload([g, 0, 0], dtype=f"int8x{lanes * group}"),
+                                                      tirx.reinterpret(f"int8x{lanes * group}", lane))
+        return accumulators
+
+    @T.prim_func(s_tir=True)
+    def implementation(A: T.Buffer((groups * group,), "int8", offset_factor=1),
+                       B: T.Buffer((groups, lanes, group), "int8", offset_factor=1),
+                       C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:groups * group], B[0:groups, 0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = sums(A, B, C)
+
+    TensorIntrin.register(name, description, implementation)
+    return name
+
+
 def register_intrinsics() -> None:
     for form in FORMS.values():
         intrinsic(form)
+    indexed_sdot_intrinsic()
 
 
 def _shifted(x, shift: int):

@@ -15,6 +15,7 @@ into 4-lane slices (free: a 16-lane int32 vector is four registers) and scalars 
 from __future__ import annotations
 
 SQRDMULH = "llvm.aarch64.neon.sqrdmulh"
+SRSHL = "llvm.aarch64.neon.srshl"
 PIPELINE = "mnv2-aarch64"  # the TIR pipeline: TVM's default, then this pass
 
 
@@ -88,32 +89,73 @@ def doubling_high_operands(cast):
     return x, multiplier
 
 
-def _sqrdmulh(x, m, lanes: int):
-    """sqrdmulh on `lanes` lanes: one call for 1, 2 or 4 lanes, 4-lane slices of wider vectors."""
+def rounding_shift_operands(shift):
+    """(v, right) when `shift` is (v + ((1 << right) >> 1)) >> right, the front end's rounding right
+    shift (RoundingDivideByPOT after its fixup), the half in any place of the sum, or folded to the
+    constant 2^(right - 1) for a constant right; None for anything else."""
+    from tvm import tirx
+    from tvm_ffi.structural import structural_equal
+
+    if type(shift).__name__ != "RShift" or shift.ty.dtype.split("x")[0] != "int32":
+        return None
+    right, constant_right = shift.b, _int_value(shift.b)
+
+    def is_half(term) -> bool:
+        if constant_right is not None and constant_right >= 1:
+            return _int_value(term) == 1 << (constant_right - 1)
+        return type(term).__name__ == "RShift" and _int_value(term.b) == 1 and \
+            type(term.a).__name__ == "LShift" and _int_value(term.a.a) == 1 and structural_equal(term.a.b, right)
+
+    terms = _signed_terms(shift.a)
+    halves = [i for i, (sign, term) in enumerate(terms) if sign == 1 and is_half(term)]
+    if len(halves) != 1 or len(terms) < 2:
+        return None
+    value = None
+    for index, (sign, term) in enumerate(terms):
+        if index != halves[0]:
+            value = (term if sign > 0 else 0 - term) if value is None else (value + term if sign > 0 else value - term)
+    return value, right
+
+
+def _neon(intrinsic: str, a, b, lanes: int):
+    """A two-operand NEON intrinsic on int32 lanes: one call for 1, 2 or 4 lanes, 4-lane slices of
+    wider vectors (free: a 16-lane int32 vector is four registers)."""
     from tvm import tirx
 
     if lanes in (1, 2, 4):
-        return tirx.call_llvm_pure_intrin("int32" if lanes == 1 else f"int32x{lanes}", SQRDMULH, x, m)
+        return tirx.call_llvm_pure_intrin("int32" if lanes == 1 else f"int32x{lanes}", intrinsic, a, b)
     index = lambda values: [tirx.IntImm("int32", v) for v in values]  # noqa: E731
-    slices = [_sqrdmulh(tirx.Shuffle([x], index(range(at, at + 4))), tirx.Shuffle([m], index(range(at, at + 4))), 4)
+    slices = [_neon(intrinsic, tirx.Shuffle([a], index(range(at, at + 4))), tirx.Shuffle([b], index(range(at, at + 4))), 4)
               for at in range(0, lanes, 4)]
     return tirx.Shuffle(slices, index(range(lanes)))
 
 
+def _lanes(expr) -> int:
+    dtype = expr.ty.dtype
+    return int(dtype.split("x")[1]) if "x" in dtype else 1
+
+
 def rewrite(func):
-    """The PrimFunc with every doubling high multiply of a lane count NEON can take as sqrdmulh."""
+    """The PrimFunc with every doubling high multiply as sqrdmulh and every rounding right shift of a
+    vector as srshl by its negated amount, where NEON has the lane count (srshl has no 32-bit
+    scalar form: scalars keep LLVM's)."""
     from tvm import tirx
     from tvm_ffi.structural import structural_map
 
     def on_cast(cast):
-        operands = doubling_high_operands(cast)
-        if operands is None:
+        operands, lanes = doubling_high_operands(cast), _lanes(cast)
+        if operands is None or not (lanes in (1, 2) or lanes % 4 == 0):
             return cast
-        dtype = cast.ty.dtype
-        lanes = int(dtype.split("x")[1]) if "x" in dtype else 1
-        return _sqrdmulh(*operands, lanes) if lanes in (1, 2) or lanes % 4 == 0 else cast
+        return _neon(SQRDMULH, *operands, lanes)
 
-    return structural_map(func, [(tirx.Cast, on_cast)])
+    def on_shift(shift):
+        operands, lanes = rounding_shift_operands(shift), _lanes(shift)
+        if operands is None or not (lanes == 2 or lanes % 4 == 0):
+            return shift
+        value, right = operands
+        return _neon(SRSHL, value, 0 - right, lanes)
+
+    return structural_map(func, [(tirx.Cast, on_cast), (tirx.RShift, on_shift)])
 
 
 def pass_():
