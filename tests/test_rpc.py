@@ -121,8 +121,9 @@ def _rpc_server_pids() -> set[int]:
 
 
 def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
-    """rasp5 (Cortex-A76, +dotprod) builds on the board under qemu -cpu max: float32 against the float64
-    rule, integer int8 (with sdot dot-product instructions) against TFLite's reference kernels."""
+    """rasp5 (Cortex-A76, +dotprod) builds on the board under qemu -cpu max: float32 (fmla by lane)
+    against the float64 rule, integer int8 (with sdot dot-product instructions, sqrdmulh and srshl)
+    against TFLite's reference kernels."""
     result = bench(tmp_path, "--target", "rasp5", "--emulated-board", *SMALL, "--dtype", "float32,int8",
                    "--number", "1", "--repeat", "2", "--verify-inputs", "2", "--estimate")
     assert result.returncode == 0, result.stderr + result.stdout
@@ -149,6 +150,10 @@ def test_emulated_board_runs_aarch64_code_and_matches_litert(tmp_path):
     assert re.search(r"\ssqrdmulh\s+v\d+\.4s", disassembly.stdout)
     assert re.search(r"\ssrshl\s+v\d+\.4s", disassembly.stdout)
     assert re.search(r"\ssmull\s+v\d+\.8h", disassembly.stdout)
+    # float32 1x1 convs four input channels a step, fmla by lane (verified against float64 above)
+    float_listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path.parent / "dist" / "rasp5" /
+                                    "mnv2_0.35_96_float32" / "model.so")], capture_output=True, text=True, check=True)
+    assert re.search(r"\sfmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[3\]", float_listing.stdout)
     assert not _rpc_server_pids()  # the board was stopped
 
 

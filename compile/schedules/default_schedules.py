@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 from mnv2_edge.targets.errors import last_line
-from mnv2_edge.compile.schedules import int8_dot, neon_fixed_point
+from mnv2_edge.compile.schedules import int8_dot, neon_fixed_point, neon_lane_fma
 from mnv2_edge.compile.schedules.cpu import CPUShape
 from mnv2_edge.compile.schedules.fusion import fusion_passes
 
@@ -229,18 +229,30 @@ def schedule_pointwise(sch, block, shape: CPUShape) -> bool:
     channels = extents[3]
     width = _vector_width(channels, shape.lanes(sch.get(block).writes[0].source.dtype.bits))
     # 16 accumulators at most: on AVX-512, 24 made 1.0/224 float32 5% slower than 8-16 (one run).
+    # AArch64 float32: input channels neon_lane_fma.STEP a step, one load per pixel, fmla by lane
+    by_lane = shape.arch == "aarch64" and width == 4 and sch.get(block).writes[0].source.dtype == "float32" \
+        and extents[6] % neon_lane_fma.STEP == 0
     pixels, vectors = _register_block(extents[2], channels // width, shape.registers, reserved=1,
+                                      broadcast_cost=1 / neon_lane_fma.STEP if by_lane else 1,
                                       max_accumulators=16)
     w_outer, w_inner = sch.split(w, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, width])
-    tile = _gemm_tiles(sch, [n, h, w_outer], c_outer, math.prod(extents[:3]), channels,
-                       [*reduction, w_inner, c_vectors, c_lanes])
+    if by_lane:
+        *taps, depth = reduction
+        depth, step = sch.split(depth, [None, neon_lane_fma.STEP])
+        inner = [*taps, depth, c_vectors, w_inner, step, c_lanes]
+    else:
+        inner = [*reduction, w_inner, c_vectors, c_lanes]
+    tile = _gemm_tiles(sch, [n, h, w_outer], c_outer, math.prod(extents[:3]), channels, inner)
     sch.unroll(w_inner)
     sch.unroll(c_vectors)
-    sch.vectorize(c_lanes)
+    if not by_lane:
+        sch.vectorize(c_lanes)
     init = sch.decompose_reduction(block, reduction[0])
     _vectorize_innermost(sch, init, shape)
     _place_epilogue(sch, block, epilogue, tile, shape)
+    if by_lane:  # last: it replaces the block
+        sch.tensorize(step, neon_lane_fma.intrinsic(width))
     return True
 
 

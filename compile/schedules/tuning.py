@@ -10,7 +10,7 @@ import hashlib
 import warnings
 from pathlib import Path
 
-from mnv2_edge.compile.schedules import default_schedules, int8_dot
+from mnv2_edge.compile.schedules import default_schedules, int8_dot, neon_lane_fma
 from mnv2_edge.compile.schedules.cpu import CPUShape
 from mnv2_edge.compile.schedules.fusion import fuse
 from mnv2_edge.compile.schedules.records import mean_seconds, searched
@@ -84,6 +84,7 @@ class TuningDatabase:
         from tvm.s_tir import meta_schedule as ms
 
         int8_dot.register_intrinsics()  # records' traces name them: parsed as the database loads
+        neon_lane_fma.intrinsic(4)  # the AArch64 float32 rule's, likewise
         return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
 
     def fingerprint(self) -> str:
