@@ -72,8 +72,6 @@ CASES = [
 
 @pytest.mark.parametrize("rule,kh,kw,cin,size,cout,stride", CASES)
 def test_conv_rules_match_the_float64_reference(rule, kh, kw, cin, size, cout, stride):
-    from tvm import relax
-
     rng = np.random.default_rng(cin * size)
     depthwise = rule == "Depthwise"
     x = rng.uniform(-1, 1, (1, size, size, cin)).astype("float32")

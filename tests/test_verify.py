@@ -154,7 +154,7 @@ def test_float64_resize_bilinear_matches_tflites_reference_kernel(align, half, t
 def test_litert_error_is_pooled_over_the_inputs_of_an_output_but_a_bug_still_fails():
     """The trained float16 MobileNetV2, measured: LiteRT's error is 3e-06 on two inputs and 7.6e-07
     on the third, where ours is 4.2e-06; rounding, not a bug. A bug's 1e-3 fails either way."""
-    from mnv2_edge.deploy.verify import OutputCheck, pool_litert_error
+    from mnv2_edge.deploy.verify import pool_litert_error
 
     x = np.linspace(-1, 1, 50)
     exact = np.exp(x)

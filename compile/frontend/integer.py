@@ -263,8 +263,6 @@ def convert_softmax(conv, op, inputs, outputs):
 
 
 def convert_quantize(conv, op, inputs, outputs):
-    from tvm import relax
-
     x, out = conv.tensor(inputs[0]), conv.tensor(outputs[0])
     if x.dtype == "float32":  # TFLite: round(x / scale) in float, + zero point
         return _to_quantized(conv, conv.expr(inputs[0]), out, dtype="float32")

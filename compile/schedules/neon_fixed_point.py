@@ -93,7 +93,6 @@ def rounding_shift_operands(shift):
     """(v, right) when `shift` is (v + ((1 << right) >> 1)) >> right, the front end's rounding right
     shift (RoundingDivideByPOT after its fixup), the half in any place of the sum, or folded to the
     constant 2^(right - 1) for a constant right; None for anything else."""
-    from tvm import tirx
     from tvm_ffi.structural import structural_equal
 
     if type(shift).__name__ != "RShift" or shift.ty.dtype.split("x")[0] != "int32":
