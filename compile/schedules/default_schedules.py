@@ -271,11 +271,12 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     # Per input-channel group: one broadcast per pixel (load, XOR or sign-extend, broadcast), one
     # weight load per vector, per accumulator one instruction (vpdpbusd, sdot) or two (vpmaddwd + vpaddd).
     form = int8_dot.FORMS[lanes, group]
-    # On AArch64 the requantization after the sums (sqrdmulh, the rounding shift, the clamps: about 9
-    # NEON instructions per accumulator, against one sdot per 4 input channels) outweighs
+    # On AArch64 the requantization after the sums (bias, sqrdmulh, the rounding shift, the clamps:
+    # about 7 NEON instructions per accumulator, against one sdot per 4 input channels) outweighs
     # MobileNetV2's short reductions, and LLVM spills once it shares the registers with many
     # accumulators: 8 at most. Simulated Cortex-A76, 1.0/224 int8 (ms): 2 pixels x 4 vectors 12.8,
-    # 2 x 8 13.0, 4 x 4 13.4, 4 x 6 (the block without this limit) 13.4, 2 x 2 14.5.
+    # 2 x 8 13.0, 4 x 4 13.4, 4 x 6 (the block without this limit) 13.4, 2 x 2 14.5; with srshl and
+    # sdot by lane: 8 at most 10.69, 12 at most 11.33, 16 at most 11.64.
     pixels, vectors = _register_block(extents[2], blocks, shape.registers, reserved=2,
                                       broadcast_cost=form.broadcast_cost,
                                       per_accumulator=form.instructions_per_vector,
