@@ -70,15 +70,18 @@ def summary(rows) -> str:
 
 def checks(rows) -> list[str]:
     lines = []
-    float_rows = [c for c in rows if c.dtype == "float32" and (c.width, c.resolution) in OFFICIAL_TABLE]
-    if len(float_rows) >= 5:
+    for core in dict.fromkeys(c.litert.core for c in rows):  # one core at a time: ranks across cores mean nothing
+        float_rows = [c for c in rows if c.dtype == "float32" and c.litert.core == core
+                      and (c.width, c.resolution) in OFFICIAL_TABLE]
+        if len(float_rows) < 5:
+            continue
         estimated = [c.litert.ms for c in float_rows]
         published = [OFFICIAL_TABLE[(c.width, c.resolution)].pixel1_ms for c in float_rows]
         spread = sorted(p / e for e, p in zip(estimated, published))
-        lines.append(f"LiteRT's estimate against the published Pixel 1 column ({len(float_rows)} float32 variants): "
-                     f"rank correlation {spearman(estimated, published):.3f}; published / estimated from "
-                     f"{spread[0]:.2f} to {spread[-1]:.2f} (median {statistics.median(spread):.2f}): a "
-                     f"constant ratio means the estimate scales the variants as the real core does")
+        lines.append(f"LiteRT's estimate on the {core} against the published Pixel 1 column ({len(float_rows)} "
+                     f"float32 variants): rank correlation {spearman(estimated, published):.3f}; published / "
+                     f"estimated from {spread[0]:.2f} to {spread[-1]:.2f} (median {statistics.median(spread):.2f}): "
+                     f"a constant ratio means the estimate scales the variants as the real core does")
     for c in rows:
         if (c.width, c.resolution) == (1.0, 224) and c.target == "rasp4b" and c.dtype in XNNPACK_PI4_4_THREADS_MS:
             published = XNNPACK_PI4_4_THREADS_MS[c.dtype]

@@ -136,3 +136,29 @@ def test_pick_and_estimate_refuse_what_they_cannot_answer(tmp_path):
     assert_clean_error(run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "0"), "above 0")
     assert_clean_error(run_cli("deploy/estimate.py", "--target", "host", "--width", "0.35", "--res", "96"),
                        "no simulated core", "rasp4b")
+
+
+def test_the_benchmarks_pixel1_check_ranks_each_core_apart():
+    """benchmarks/simulated_cortex_a.py checks LiteRT's estimates against the published Pixel 1
+    column per simulated core: an A72 at half the published times and an A76 at a quarter each rank
+    the 22 variants exactly (1.000) with a constant ratio (2 and 4); pooled, the ratio would spread."""
+    import importlib.util
+
+    from mnv2_edge.compile.generation.variants import OFFICIAL_TABLE
+
+    spec = importlib.util.spec_from_file_location("simulated_cortex_a", Path(__file__).parents[1] / "benchmarks" /
+                                                  "simulated_cortex_a.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    def estimate_of(core: str, ms: float) -> estimate.CoreEstimate:
+        return estimate.CoreEstimate("m", "litert", core, "x", "x", 2.0, "", 1.0, ms * 2.0 * 1e6)
+
+    rows = [estimate.Comparison(target, width, resolution, "float32", estimate_of(core, 1.0),
+                                estimate_of(core, published.pixel1_ms / factor))
+            for target, core, factor in (("rasp4b", "Cortex-A72", 2), ("rasp5", "Cortex-A76", 4))
+            for (width, resolution), published in OFFICIAL_TABLE.items()]
+    lines = [line for line in benchmark.checks(rows) if "Pixel 1" in line]
+    assert len(lines) == 2
+    assert "Cortex-A72" in lines[0] and "(22 float32 variants): rank correlation 1.000" in lines[0]
+    assert "from 2.00 to 2.00" in lines[0] and "Cortex-A76" in lines[1] and "from 4.00 to 4.00" in lines[1]
