@@ -7,9 +7,16 @@ path (which defines TFLite's rounding) uses one `sqrdmulh`: (2 x m + 2^31) >> 32
 same value for every x and m except x = m = INT32_MIN, where it saturates. The front end's
 multipliers are in [0, 2^31) (QuantizeMultiplier), so the two never differ: bit-exact.
 
+RoundingDivideByPOT comes from the front end as (v + ((1 << r) >> 1)) >> r, v already carrying
+gemmlowp's sign fix-up: LLVM makes the half and the shift several instructions per vector and per
+channel, where NEON's `srshl` by -r is that rounding shift in one. srshl rounds in wider precision,
+so it equals the int32 form wherever that form does not overflow, and where it would, srshl is the
+one that agrees with TFLite (whose RoundingDivideByPOT never overflows).
+
 A pass after VectorizeLoop, so it sees the vectors that will be emitted whatever the schedule (a
-default rule's or a tuned record's): NEON's sqrdmulh takes 2 or 4 lanes, so wider vectors are cut
-into 4-lane slices (free: a 16-lane int32 vector is four registers) and scalars use its scalar form.
+default rule's or a tuned record's): NEON's sqrdmulh and srshl take 2 or 4 lanes, so wider vectors
+are cut into 4-lane slices (free: a 16-lane int32 vector is four registers); scalars keep sqrdmulh's
+scalar form and LLVM's shift (srshl has no 32-bit scalar form).
 """
 
 from __future__ import annotations
