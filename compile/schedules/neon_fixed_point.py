@@ -65,6 +65,24 @@ def _signed_terms(expr, sign: int = 1) -> list:
     return [(sign, expr)]
 
 
+def _signed_sum(pairs: list):
+    """(sign, term) pairs back as one expression."""
+    total = None
+    for sign, term in pairs:
+        total = (term if sign > 0 else 0 - term) if total is None else (total + term if sign > 0 else total - term)
+    return total
+
+
+def _others(expr, is_marked) -> list | None:
+    """The (sign, term) pairs of the sum `expr` other than its one added term for which is_marked
+    holds (a rounding constant); None unless there is exactly one such term and at least one other."""
+    terms = _signed_terms(expr)
+    marked = [i for i, (sign, term) in enumerate(terms) if sign == 1 and is_marked(term)]
+    if len(marked) != 1 or len(terms) < 2:
+        return None
+    return [pair for i, pair in enumerate(terms) if i != marked[0]]
+
+
 def doubling_high_operands(cast):
     """(x, m) when `cast` is Cast(int32, (Cast(int64, x) * Cast(int64, m) + 2^30) >> 31), the front
     end's SaturatingRoundingDoublingHighMul; None for anything else. TVM's simplifier distributes
@@ -77,14 +95,11 @@ def doubling_high_operands(cast):
     shifted = cast.value
     if type(shifted).__name__ != "RShift" or _int_value(shifted.b) != 31:
         return None
-    terms = _signed_terms(shifted.a)
-    rounding = [i for i, (sign, term) in enumerate(terms) if sign == 1 and _int_value(term) == 1 << 30]
-    if len(rounding) != 1 or len(terms) < 2:
+    products = _others(shifted.a, lambda term: _int_value(term) == 1 << 30)
+    if products is None:
         return None
-    x = multiplier = None
-    for index, (sign, term) in enumerate(terms):
-        if index == rounding[0]:
-            continue
+    values, multiplier = [], None
+    for sign, term in products:
         if not isinstance(term, tirx.Mul):
             return None
         value, factor = _int32_operand(term.a), _int32_operand(term.b)
@@ -92,8 +107,8 @@ def doubling_high_operands(cast):
                 (multiplier is not None and not structural_equal(factor, multiplier)):
             return None
         multiplier = factor
-        x = (value if sign > 0 else 0 - value) if x is None else (x + value if sign > 0 else x - value)
-    return x, multiplier
+        values.append((sign, value))
+    return _signed_sum(values), multiplier
 
 
 def rounding_shift_operands(shift):
@@ -112,15 +127,8 @@ def rounding_shift_operands(shift):
         return type(term).__name__ == "RShift" and _int_value(term.b) == 1 and \
             type(term.a).__name__ == "LShift" and _int_value(term.a.a) == 1 and structural_equal(term.a.b, right)
 
-    terms = _signed_terms(shift.a)
-    halves = [i for i, (sign, term) in enumerate(terms) if sign == 1 and is_half(term)]
-    if len(halves) != 1 or len(terms) < 2:
-        return None
-    value = None
-    for index, (sign, term) in enumerate(terms):
-        if index != halves[0]:
-            value = (term if sign > 0 else 0 - term) if value is None else (value + term if sign > 0 else value - term)
-    return value, right
+    rest = _others(shift.a, is_half)
+    return None if rest is None else (_signed_sum(rest), right)
 
 
 def _neon(intrinsic: str, a, b, lanes: int):
