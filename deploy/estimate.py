@@ -4,6 +4,12 @@ LLVM's scheduling model of the core), one thread.
 
     python deploy/estimate.py --target rasp4b --width 0.35 --res 96 --dtype float32,int8
     python deploy/estimate.py --target rasp5 --all-official --dtype float32,int8
+    python deploy/estimate.py --tune --target rasp5 --width 1.0 --res 224 --dtype int8 --trials 16
+
+With --tune: MetaSchedule tunes the model's kernels into tuning_logs/<target>/ (as compile/tune.py
+does, with its search flags) with each candidate timed by this estimate instead of a board: no
+board needed, no noise, and blind to what the estimate leaves out. The database says so, and so
+does every build that applies it; a board's measured times cannot be added to it.
 
 An estimate, not a measurement (every report says what it leaves out). Results: printed as a
 table, and appended to <results>/estimates.jsonl (mnv2-pick reads them). Deterministic and cached:
@@ -16,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from mnv2_edge.compile.cli_common import add_lowering_flags, add_model_flags, model_selection, run_main
+from mnv2_edge.compile.tune import add_search_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,6 +30,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_flags(p, default_target="rasp4b")
     add_lowering_flags(p)
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
+    tune = p.add_argument_group("tuning on the estimate (--tune)")
+    tune.add_argument("--tune", action="store_true", help="tune the model's kernels with candidates timed by "
+                      "the estimate (into tuning_logs/<target>/ or --tuning-log), instead of estimating the model")
+    add_search_flags(tune)
     return p.parse_args(argv)
 
 
@@ -53,6 +64,11 @@ def main(argv=None) -> int:
     if not profile.core:
         raise UserError(f"Target {args.target} names no simulated core ([core] in targets/{args.target}.toml); "
                         f"these do: rasp4b (Cortex-A72), rasp5 (Cortex-A76), arm_cpu (as a Cortex-A72).")
+    if args.tune:
+        from mnv2_edge.compile.tune import search
+        from mnv2_edge.deploy.simulated_core.tuning_runner import estimator
+
+        return search(args, estimator=estimator(profile))
     requests = model_selection(args).requests(target=args.target, out=args.out or DEFAULT_OUT,
                                               tuning_log=args.tuning_log, no_tuning=args.no_tuning,
                                               int8_lowering=args.int8_lowering)

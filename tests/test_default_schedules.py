@@ -379,6 +379,17 @@ def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
                   tirx.RShift(a + b, r)):
         assert neon_fixed_point.rounding_shift_operands(other) is None
 
+    # Up to MAX_LANES the vector is cut into srshl's 4-lane slices; wider (tuning candidates of 24-64
+    # lanes, whose nested slices took over 6 GB to compile) keeps LLVM's form.
+    def shifted(lanes: int):
+        data = tirx.decl_buffer((128,), "int32", name="data")
+        lane = lambda value: tirx.Broadcast(tirx.IntImm("int32", value), lanes)  # noqa: E731
+        at = [tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), lanes)]
+        store = tirx.BufferStore(data, tirx.RShift(tirx.BufferLoad(data, at) + lane(4), lane(3)), at)
+        return str(neon_fixed_point.rewrite(tirx.PrimFunc([data], store)))
+
+    assert "srshl" in shifted(neon_fixed_point.MAX_LANES) and "srshl" not in shifted(2 * neon_fixed_point.MAX_LANES)
+
     shape = (1, 7, 5, 24)
     bb = relax.BlockBuilder()
     x, y = (relax.Var(name, relax.TensorType(shape=shape, dtype="int8")) for name in ("x", "y"))

@@ -28,10 +28,10 @@ LOOP_PROGRAM = r"""
 volatile long sink;
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
-    syscall(172, 0x6d6e7632, 1);  /* the plugin's start marker */
+    syscall(172, 0x6d6e7632, 1, 0);  /* the plugin's start marker */
     for (long i = 0; i < n; i++)
         sink += i;
-    syscall(172, 0x6d6e7632, 0);  /* its stop marker */
+    syscall(172, 0x6d6e7632, 0, 0);  /* its stop marker (region 0: the file named out=) */
     for (long i = 0; i < 1000; i++)  /* after the region: never counted */
         sink += i;
     return 0;
@@ -162,3 +162,59 @@ def test_the_benchmarks_pixel1_check_ranks_each_core_apart():
     assert len(lines) == 2
     assert "Cortex-A72" in lines[0] and "(22 float32 variants): rank correlation 1.000" in lines[0]
     assert "from 2.00 to 2.00" in lines[0] and "Cortex-A76" in lines[1] and "from 4.00 to 4.00" in lines[1]
+
+
+@needs_tools
+@pytest.mark.slow
+def test_tuning_on_the_simulated_core_ranks_candidates_and_says_its_times_are_estimates(tmp_path):
+    """mnv2-estimate --tune: MetaSchedule's candidates timed by the simulated core. The same
+    candidate gets the same time in another process, plain scalar loops cost more than the NEON
+    rule's schedule, and the database and every build applying it say the times are estimates."""
+    from functools import partial
+
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from mnv2_edge.compile.frontend.convert import load_relax
+    from mnv2_edge.compile.generation.generate import write_variant
+    from mnv2_edge.compile.generation.variants import Variant
+    from mnv2_edge.compile.schedules import default_schedules, tune_job, tuning
+    from mnv2_edge.deploy.simulated_core import tuning_runner
+
+    model = tmp_path / "mnv2_0.35_96_float32.tflite"
+    write_variant(Variant(0.35, 96), "float32", model)
+    database = tmp_path / "db"
+    tuned = run_cli("deploy/estimate.py", "--tune", "--target", "rasp5", "--model", model, "--tuning-log", database,
+                    "--trials", "2", "--kinds", "stem", timeout=900)
+    assert tuned.returncode == 0, tuned.stderr + tuned.stdout
+    assert "candidates' times estimated on a simulated Cortex-A76" in tuned.stdout
+    assert tuning.timing_of(database) == tuning_runner.label(load_profile("rasp5"))
+
+    profile = load_profile("rasp5")
+    target = profile.tvm_target()
+    mod, _ = load_relax(model)
+    (task,) = [task for task, kind in tuning.classified_tasks(mod, target) if kind == "stem"]
+    kept = tuning.records_for(tuning.TuningDatabase(database).open(), task, 10)
+    assert 2 <= len(kept) <= 3  # the rule's schedule and the 2 trials (MetaSchedule may draw one twice)
+    rule, ruled = default_schedules.schedule_for(task.dispatched[0]["main"], target)
+    (rule_record,) = [r for r in kept if str(r.trace) == str(ruled.trace)]
+
+    builder = ms.builder.LocalBuilder(f_build=tuning.fast_build, max_workers=1,
+                                      f_export=partial(tuning.export_for_profile, profile_name="rasp5"))
+    runner = tuning_runner.estimator(profile).runner
+    memory = ms.database.MemoryDatabase()
+    again, scalar = tune_job.measure_into_database([(ruled, task), (s_tir.Schedule(task.dispatched[0]), task)],
+                                                   target, builder, runner, memory)
+    assert again == pytest.approx(float(rule_record.run_secs[0]) * 1e3, rel=1e-9), rule  # another process
+    # The unscheduled loops: no register blocks, only what LLVM vectorizes alone (1.97x the rule's
+    # time when written; the estimate is the same on every machine).
+    assert scalar > 1.5 * again, (scalar, again)
+
+    built = pipeline.build_each([("0.35/96", pipeline.BuildRequest(target="rasp5", model=model, tuning_log=database,
+                                                                    out=tmp_path / "dist"))],
+                                progress=lambda m: None)[0]
+    assert Manifest.read(built).tuning["timed_by"] == tuning.timing_of(database)
+    # A board's measured times cannot join the estimates (no tracker is contacted: refused first).
+    assert_clean_error(run_cli("compile/tune.py", "--target", "rasp5", "--model", model, "--tuning-log", database,
+                               "--rpc-tracker", "127.0.0.1:9", "--trials", "1", "--kinds", "stem"),
+                       "estimated on a simulated Cortex-A76", "not comparable")

@@ -294,7 +294,17 @@ def test_a_database_keeps_one_way_of_timing(tmp_path):
     with pytest.raises(UserError, match="timed without --cache-flush"):
         tuning.check_measurement(older, cache_flush=True)
     tuning.check_measurement(older, cache_flush=False)
-    assert json.loads((older / tuning.MEASUREMENT_FILE).read_text()) == {"cache_flush": False}
+    assert json.loads((older / tuning.MEASUREMENT_FILE).read_text()) == {"cache_flush": False,
+                                                                          "timed_by": tuning.MEASURED}
+    # Estimates (mnv2-estimate --tune) and measurements never share a database, either way round.
+    estimated = tmp_path / "estimated"
+    estimated.mkdir()
+    tuning.check_measurement(estimated, cache_flush=False, timed_by="estimated on a model")
+    assert tuning.timing_of(estimated) == "estimated on a model"
+    with pytest.raises(UserError, match="holds times estimated on a model; this run's would be measured"):
+        tuning.check_measurement(estimated, cache_flush=False)
+    with pytest.raises(UserError, match="holds times measured on the device"):
+        tuning.check_measurement(older, cache_flush=False, timed_by="estimated on a model")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnv2_edge.compile.schedules import default_schedules
+from mnv2_edge.compile.schedules.tuning import MEASURED
 from mnv2_edge.compile.frontend import convert
 from mnv2_edge.compile.artifacts import toolchain
 from mnv2_edge.compile.artifacts import manifest as contract
@@ -123,7 +124,9 @@ def tuning_line(tuning, profile: Profile, schedules: dict[str, str]) -> str:
     transferred = counts.get("transferred", 0)
     head = (f"none for {profile.name}" if tuning is None else
             f"{counts.get('tuned', 0) + transferred}/{len(schedules)} kernels from the database {tuning.path}"
-            + (f" ({transferred} transferred from similar tasks, see the manifest)" if transferred else ""))
+            + (f" ({transferred} transferred from similar tasks, see the manifest)" if transferred else "")
+            + ("" if tuning is None or tuning.summary().get("timed_by") in (None, MEASURED)
+               else f" (its times {tuning.summary()['timed_by']})"))
     line = f"{head}; {defaulted}/{len(schedules)} kernels got default schedules by rule ({rules or '-'})"
     rule_fastest = len(tuning.summary().get("rule_fastest", [])) if tuning is not None else 0
     if rule_fastest:

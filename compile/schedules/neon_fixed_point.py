@@ -144,6 +144,13 @@ def _neon(intrinsic: str, a, b, lanes: int):
     return tirx.Shuffle(slices, index(range(lanes)))
 
 
+# Widest vector rewritten: each 4-lane slice names its whole operand, and codegen emits the operand
+# once per slice, so nested requantizations (an add's inputs and its sum, 4 deep) multiply the code
+# by (lanes / 4) ^ depth. Up to 16 lanes (the default rules' widths) it compiles in seconds; tuning
+# candidates with 24-64 lanes took over 6 GB. Wider vectors keep LLVM's forms (correct, slower).
+MAX_LANES = 16
+
+
 def _lanes(expr) -> int:
     dtype = expr.ty.dtype
     return int(dtype.split("x")[1]) if "x" in dtype else 1
@@ -158,13 +165,13 @@ def rewrite(func):
 
     def on_cast(cast):
         operands, lanes = doubling_high_operands(cast), _lanes(cast)
-        if operands is None or not (lanes in (1, 2) or lanes % 4 == 0):
+        if operands is None or not (lanes in (1, 2) or lanes % 4 == 0) or lanes > MAX_LANES:
             return cast
         return _neon(SQRDMULH, *operands, lanes)
 
     def on_shift(shift):
         operands, lanes = rounding_shift_operands(shift), _lanes(shift)
-        if operands is None or not (lanes == 2 or lanes % 4 == 0):
+        if operands is None or not (lanes == 2 or lanes % 4 == 0) or lanes > MAX_LANES:
             return shift
         value, right = operands
         return _neon(SRSHL, value, 0 - right, lanes)

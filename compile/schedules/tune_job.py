@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mnv2_edge.compile.schedules import default_schedules, records, transfer, tuning
 from mnv2_edge.compile.frontend import convert
@@ -28,6 +29,15 @@ from mnv2_edge.targets.profiles import load_profile
 
 KINDS = ("depthwise", "pointwise", "stem", "other")
 LOG_ROOT = CACHE_ROOT / "tuning-logs"
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """Times candidates without the device: a MetaSchedule Runner whose times are estimates (the
+    simulated core of deploy/simulated_core, passed in: compile never imports deploy), and the
+    label the database keeps for them (tuning.MEASUREMENT_FILE)."""
+    runner: Any
+    label: str
 
 
 @dataclass
@@ -42,6 +52,7 @@ class TuneRequest:
     start_from: tuple[Path, ...] = ()  # other databases whose records are measured here first
     cache_flush: bool = False  # time candidates with cold caches (see _runner)
     remeasure: bool = False  # time each task's best records and its rule again (remeasure_task)
+    estimator: Estimator | None = None  # estimate candidates' times instead of measuring them
 
 
 @dataclass
@@ -65,6 +76,9 @@ class TuneReport:
 def _runner(request: TuneRequest, profile, progress=print):
     from tvm.s_tir import meta_schedule as ms
 
+    if request.estimator is not None:
+        progress(f"[tune] candidates' times {request.estimator.label}: estimates, not measurements")
+        return request.estimator.runner
     # Five repeats, the fastest kept (tuning.fastest_repeat). Warm: each repeat as many runs as fill
     # 10 ms. Cold (--cache-flush): MetaSchedule flushes the caches before each repeat, so one run per
     # repeat, as TVM's docs advise.
@@ -98,7 +112,7 @@ def _builder(request: TuneRequest, profile):
     from tvm.s_tir import meta_schedule as ms
 
     export = None
-    if request.rpc_tracker is not None:
+    if request.rpc_tracker is not None or request.estimator is not None:
         export = functools.partial(tuning.export_for_profile, profile_name=profile.name)
     return ms.builder.LocalBuilder(f_build=tuning.fast_build, f_export=export, timeout_sec=120,
                                    max_workers=os.cpu_count())
@@ -114,6 +128,9 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     unknown = set(request.kinds) - set(KINDS)
     if unknown:
         raise UserError(f"Unknown task kinds {', '.join(sorted(unknown))}: choose from {', '.join(KINDS)} or all.")
+    if request.estimator is not None and (request.rpc_tracker is not None or request.cache_flush):
+        raise UserError("Candidates are either estimated or measured: --rpc-tracker and --cache-flush are for "
+                        "measuring.")
     if request.trials < 0:
         raise UserError("--trials must be 0 (default schedules and transfers only) or more.")
     for path in request.start_from:
@@ -124,7 +141,8 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     target = profile.tvm_target()
     db_path = Path(request.build.tuning_log or tuning.database_path(profile))
     db_path.mkdir(parents=True, exist_ok=True)
-    tuning.check_measurement(db_path, request.cache_flush)
+    tuning.check_measurement(db_path, request.cache_flush,
+                             request.estimator.label if request.estimator else tuning.MEASURED)
     tuning.repair_database(db_path)
     database = tuning.TuningDatabase(db_path).open()
     found, weights = distinct_tasks(sources, request.build.int8_lowering, target, request.kinds, progress)
@@ -157,10 +175,10 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
             dropped = tuning.drop_replaced(db_path, first_new, replaced)
             database = tuning.TuningDatabase(db_path).open()  # the old times are gone from the files
             progress(f"[tune] --remeasure: {dropped} records' old times replaced by this run's")
-        for step, (task, _) in zip(steps, tasks):
-            seeded = seed_default_schedule(task, target, builder, runner, database)
+        for step, seeded in zip(steps, seed_default_schedules([task for task, _ in tasks], target, builder, runner,
+                                                              database)):
             if seeded is not None:
-                progress(f"{step}: default schedule ({seeded[0]}) measured: "
+                progress(f"{step}: default schedule ({seeded[0]}) timed: "
                          + (f"{seeded[1]:.3f} ms" if seeded[1] is not None else "failed"))
         # Then what other workloads' records give when replayed at this task's sizes, for every task
         # not searched yet: a --minutes stop leaves those it does not reach with the best of these.
@@ -215,19 +233,26 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     return report
 
 
-def seed_default_schedule(task, target, builder, runner, database) -> tuple[str, float | None] | None:
-    """Measure the task's default schedule (compile/schedules/default_schedules.py) like any candidate and keep
-    it as a record, once: the search then only replaces it with something faster, so a build from
-    the database is never slower than one without it on the machine that measured. Returns (rule,
-    ms or None when it failed to build or run), or None when already in the database or no rule fits."""
-    chosen = default_schedules.schedule_for(task.dispatched[0]["main"], target)
-    if chosen is None:
-        return None
-    rule, sch = chosen
-    trace = str(sch.trace)
-    if any(str(record.trace) == trace for record in tuning.records_for(database, task, 10**6)):
-        return None
-    return rule, measure_into_database(sch, task, target, builder, runner, database)
+def seed_default_schedules(tasks, target, builder, runner, database) -> list[tuple[str, float | None] | None]:
+    """Measure each task's default schedule (compile/schedules/default_schedules.py) like any candidate
+    and keep it as a record, once: the search then only replaces it with something faster, so a
+    build from the database is never slower than one without it on the machine that measured. All
+    in one batch (an emulated runner starts one process for it). Per task: (rule, ms or None when
+    it failed to build or run), or None when already in the database or no rule fits."""
+    todo = {}
+    for index, task in enumerate(tasks):
+        chosen = default_schedules.schedule_for(task.dispatched[0]["main"], target)
+        if chosen is None:
+            continue
+        trace = str(chosen[1].trace)
+        if not any(str(record.trace) == trace for record in tuning.records_for(database, task, 10**6)):
+            todo[index] = chosen
+    times = measure_into_database([(sch, tasks[i]) for i, (_, sch) in todo.items()], target, builder, runner,
+                                  database)
+    seeded: list[tuple[str, float | None] | None] = [None] * len(tasks)
+    for (index, (rule, _)), ms_ in zip(todo.items(), times):
+        seeded[index] = (rule, ms_)
+    return seeded
 
 
 def remeasure_task(task, target, builder, runner, database, keep: int = tuning.KEEP_BEST):
@@ -256,7 +281,7 @@ def remeasure_task(task, target, builder, runner, database, keep: int = tuning.K
             continue
         schedules.append(sch)
         replaced.append(record)
-    times = [t for t in (measure_into_database(sch, task, target, builder, runner, database) for sch in schedules)
+    times = [t for t in measure_into_database([(sch, task) for sch in schedules], target, builder, runner, database)
              if t is not None]
     key = tuning.workload_key(task)
     return before, min(times, default=None), [(key, [float(t) for t in r.run_secs or []]) for r in replaced]
@@ -267,10 +292,9 @@ def transfer_records(sources, task, target, builder, runner, database, db_path: 
     """Measure the task's transferred candidates (compile/schedules/transfer.py) into the database, once each."""
     known = {str(record.trace) for record in tuning.records_for(database, task, 10**6)}
     kept = {}
-    for source, sch in sources.candidates(task):
-        if str(sch.trace) in known:
-            continue
-        measured = measure_into_database(sch, task, target, builder, runner, database)
+    candidates = [(source, sch) for source, sch in sources.candidates(task) if str(sch.trace) not in known]
+    times = measure_into_database([(sch, task) for _, sch in candidates], target, builder, runner, database)
+    for (source, sch), measured in zip(candidates, times):
         progress(f"{step}: transferred from {source}: " + (f"{measured:.3f} ms" if measured is not None else "failed"))
         if measured is not None:
             kept[transfer.trace_digest(sch.trace)] = source
@@ -278,24 +302,30 @@ def transfer_records(sources, task, target, builder, runner, database, db_path: 
         transfer.log(db_path, tuning.workload_key(task), kept)
 
 
-def measure_into_database(sch, task, target, builder, runner, database) -> float | None:
-    """Build and run one scheduled candidate like MetaSchedule's search does and keep it as a record
-    of the task; its mean ms, or None when it failed to build or run."""
+def measure_into_database(candidates, target, builder, runner, database) -> list[float | None]:
+    """Build and run scheduled candidates ((schedule, task) pairs) like MetaSchedule's search does,
+    as one batch, and keep each as a record of its task; each one's mean ms, or None when it failed
+    to build or run."""
     from tvm.s_tir import meta_schedule as ms
 
-    workload_mod = task.dispatched[0]
-    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
-    if built.error_msg:
-        return None
-    args_info = ms.arg_info.ArgInfo.from_prim_func(workload_mod["main"])
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])  # CPU targets only
-    result = future.result()
-    if result.error_msg or not result.run_secs:
-        return None
-    run_secs = [float(t) for t in result.run_secs]
-    database.commit_tuning_record(ms.database.TuningRecord(
-        sch.trace, database.commit_workload(workload_mod), run_secs, target, args_info))
-    return records.mean_seconds(run_secs) * 1e3
+    if not candidates:
+        return []
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch, _ in candidates])
+    args_infos = [ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"]) for _, task in candidates]
+    runnable = [i for i, b in enumerate(built) if not b.error_msg]
+    futures = runner.run([ms.runner.RunnerInput(built[i].artifact_path, "cpu", args_infos[i])  # CPU targets only
+                          for i in runnable])
+    times: list[float | None] = [None] * len(candidates)
+    for i, future in zip(runnable, futures):
+        result = future.result()
+        if result.error_msg or not result.run_secs:
+            continue
+        (sch, task), run_secs = candidates[i], [float(t) for t in result.run_secs]
+        workload_mod = task.dispatched[0]
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(workload_mod), run_secs, target, args_infos[i]))
+        times[i] = records.mean_seconds(run_secs) * 1e3
+    return times
 
 
 def distinct_tasks(sources, lowering: str, target, kinds, progress=print) -> tuple[list[tuple], dict[str, int]]:

@@ -18,7 +18,8 @@ from mnv2_edge.compile.schedules.records import mean_seconds, searched
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 TRIALS_FILE = "trials.json"  # workload hash -> trials measured, kept when records are compacted
-MEASUREMENT_FILE = "measurement.json"  # how its candidates were timed: {"cache_flush": bool}
+MEASUREMENT_FILE = "measurement.json"  # how its candidates were timed: {"cache_flush": bool, "timed_by": str}
+MEASURED = "measured on the device"  # timed_by of every database not tuned on an estimate
 KEEP_BEST = 4  # records per workload after compaction: the best, and a few to seed later searches
 
 
@@ -85,6 +86,15 @@ class TuningDatabase:
 
         int8_dot.register_intrinsics()  # records' traces name them: parsed as the database loads
         neon_lane_fma.intrinsic(4)  # the AArch64 float32 rule's, likewise
+        try:
+            return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
+        except RuntimeError as error:
+            if "is not registered" not in str(error):
+                raise
+        # A searched record tensorized with one of TVM's own intrinsics (its ARM sdot, x86 VNNI):
+        # registering them all costs about 15 s, so only for a database that names one.
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+
         return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
 
     def fingerprint(self) -> str:
@@ -130,6 +140,7 @@ class TuningDatabase:
         self._last_summary = {
             "database": str(self.path),
             "fingerprint": self.fingerprint(),
+            "timed_by": timing_of(self.path),
             "tasks": len(tuned) + len(by_rule) + len(untuned),
             "tuned_tasks": len(tuned),
             "rule_fastest": by_rule,
@@ -160,11 +171,15 @@ class TuningDatabase:
 
 def fast_build(mod, target, _params):
     """MetaSchedule's default build without importing tvm.s_tir.tensor_intrin in every fresh worker
-    (about 18 s of CPU per worker per batch, which made builds time out)."""
+    (about 18 s of CPU per worker per batch, which made builds time out), lowered as a model's
+    build lowers it (on AArch64, with NEON's fixed-point forms): a candidate is timed as it will run."""
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+    from mnv2_edge.compile.schedules.neon_fixed_point import tir_pipeline
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target,
+                     pipeline=tir_pipeline(target))
 
 
 def export_for_profile(module, profile_name: str) -> str:
@@ -222,25 +237,39 @@ def record_trials(path: Path, task, trials: int) -> None:
     file.write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
 
 
-def check_measurement(path: Path, cache_flush: bool) -> None:
+def check_measurement(path: Path, cache_flush: bool, timed_by: str = MEASURED) -> None:
     """Keep one way of timing per database: records timed with cold caches are slower than warm ones
-    of the same code, so mixed, the warm ones would win for no reason. A database from before this
-    file was written was timed warm."""
+    of the same code, and a simulated core's estimates are not a board's times, so mixed, the
+    records of one way would win for no reason. A database from before this file was written was
+    measured warm."""
     import json
 
     from mnv2_edge.targets.errors import UserError
 
     file = Path(path) / MEASUREMENT_FILE
     if file.exists():
-        timed_cold = json.loads(file.read_text()).get("cache_flush", False)
+        kept = json.loads(file.read_text())
+        timed_cold, kept_by = kept.get("cache_flush", False), kept.get("timed_by", MEASURED)
     else:
-        timed_cold = False if has_database(path) else cache_flush
+        fresh = not has_database(path)
+        timed_cold, kept_by = (cache_flush, timed_by) if fresh else (False, MEASURED)
+    if kept_by != timed_by:
+        raise UserError(f"The database {path} holds times {kept_by}; this run's would be {timed_by}, and the two "
+                        f"are not comparable. Give another --tuning-log folder.")
     if timed_cold != cache_flush:
         how = lambda cold: "with --cache-flush" if cold else "without --cache-flush"  # noqa: E731
         raise UserError(f"The database {path} was timed {how(timed_cold)}; this run would time {how(cache_flush)}, "
                         f"and records timed both ways are not comparable. Rerun {how(timed_cold)}, or give "
                         f"another --tuning-log folder.")
-    file.write_text(json.dumps({"cache_flush": cache_flush}) + "\n")
+    file.write_text(json.dumps({"cache_flush": cache_flush, "timed_by": timed_by}) + "\n")
+
+
+def timing_of(path: Path) -> str:
+    """How a database's records were timed (MEASUREMENT_FILE): MEASURED, or the estimate's label."""
+    import json
+
+    file = Path(path) / MEASUREMENT_FILE
+    return json.loads(file.read_text()).get("timed_by", MEASURED) if file.exists() else MEASURED
 
 
 def record_count(path: Path) -> int:

@@ -3,9 +3,10 @@
  *
  *   qemu-aarch64 -plugin count_blocks.so,out=FILE ...
  *
- * The guest marks the region to count with getpid() called with two extra arguments (getpid ignores
- * them, so the marker changes nothing of the guest): MARK_MAGIC, 1 to start and MARK_MAGIC, 0 to
- * stop. At the stop, FILE gets one line per block that ran in the region:
+ * The guest marks the region to count with getpid() called with extra arguments (getpid ignores
+ * them, so the marker changes nothing of the guest): MARK_MAGIC, 1 to start and MARK_MAGIC, 0, N to
+ * stop. At the stop, FILE (N = 0) or FILE.N (N > 0: one process counts several regions, e.g. the
+ * candidate kernels of a tuning batch) gets one line per block that ran in the region:
  *   <guest address hex> <executions> <instruction bytes hex>
  * Counting is an inline add per block execution (no callback), so it costs little; counts are exact
  * for one guest thread (the inline add is not atomic across threads, so guests run one thread).
@@ -79,11 +80,16 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->executions, 1);
 }
 
-static void write_region(void)
+static void write_region(uint64_t region)
 {
-    FILE *out = fopen(out_path, "w");
+    char path[4096];
+    if (region)
+        snprintf(path, sizeof path, "%s.%llu", out_path, (unsigned long long)region);
+    else
+        snprintf(path, sizeof path, "%s", out_path);
+    FILE *out = fopen(path, "w");
     if (!out) {
-        fprintf(stderr, "count_blocks: cannot write %s\n", out_path);
+        fprintf(stderr, "count_blocks: cannot write %s\n", path);
         return;
     }
     for (size_t i = 0; i < n_blocks; i++) {
@@ -109,7 +115,7 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num
             blocks[i]->at_start = blocks[i]->executions;
         counting = 1;
     } else if (a2 == 0 && counting) {
-        write_region();
+        write_region(a3);
         counting = 0;
     }
 }

@@ -10,6 +10,7 @@ on every run and machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -94,9 +95,10 @@ def _read_maps(path: Path) -> list[Mapping]:
     return maps
 
 
-def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path, what: str) -> list[Block]:
+def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path, what: str,
+                regions: int = 0) -> list[Block] | list[list[Block]]:
     """Run the guest program (an aarch64 executable and its arguments) under qemu-aarch64 with the
-    plugin; the blocks it executed between its markers."""
+    plugin; the blocks it executed between its markers (with `regions`, each numbered region's)."""
     blocks_file = work / "blocks.txt"
     command = ["qemu-aarch64", "-cpu", qemu_cpu, "-plugin", f"{plugin()},out={blocks_file}", *guest]
     if shutil.which("setarch") and subprocess.run(["setarch", "-R", "true"], capture_output=True).returncode == 0:
@@ -107,10 +109,11 @@ def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path
     except subprocess.TimeoutExpired:
         raise UserError(f"Counting {what} under qemu-aarch64 took over {COUNT_TIMEOUT_S} s: the machine is "
                         f"overloaded.") from None
-    if done.returncode != 0 or not blocks_file.exists():
+    files = [blocks_file.with_name(f"{blocks_file.name}.{region}") for region in range(1, regions + 1)] or [blocks_file]
+    if done.returncode != 0 or not all(f.exists() for f in files):
         raise UserError(f"Counting {what} under qemu-aarch64 -cpu {qemu_cpu} failed (exit {done.returncode}): "
                         f"{last_line(done.stderr or done.stdout)}")
-    return _read_blocks(blocks_file)
+    return [_read_blocks(f) for f in files] if regions else _read_blocks(blocks_file)
 
 
 def count(runtime: str, model: Path, inputs: list[np.ndarray], qemu_cpu: str, inferences: int = 1,
@@ -128,3 +131,22 @@ def count(runtime: str, model: Path, inputs: list[np.ndarray], qemu_cpu: str, in
         env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
         blocks = run_counted(guest, qemu_cpu, env, work, f"{model.name} ({runtime})")
         return Counts(blocks, _read_maps(maps_file), inferences)
+
+
+def count_kernels(kernels: list[tuple[Path, list[np.ndarray]]], qemu_cpu: str) -> tuple[list[list[Block]], list[Mapping]]:
+    """One call of each compiled kernel (a library and its arguments) on the emulated board's python
+    under `-cpu qemu_cpu`, all in one process: the blocks of each call, and the process's map."""
+    emulated_board.provision(lambda message: None)
+    with tempfile.TemporaryDirectory(prefix="mnv2-count-") as tmp:
+        work = Path(tmp)
+        listing = []
+        for index, (library, arrays) in enumerate(kernels):
+            np.savez(work / f"inputs{index}.npz", *arrays)
+            listing.append({"library": str(library), "inputs": str(work / f"inputs{index}.npz")})
+        (work / "kernels.json").write_text(json.dumps(listing))
+        maps_file = work / "maps.txt"
+        guest = [str(emulated_board.ROOT / "usr/bin/python3.11"), str(GUEST_SCRIPT), "--kernels",
+                 str(work / "kernels.json"), "--maps", str(maps_file)]
+        env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
+        blocks = run_counted(guest, qemu_cpu, env, work, f"{len(kernels)} kernels", regions=len(kernels))
+        return blocks, _read_maps(maps_file)

@@ -4,6 +4,11 @@ block-counting plugin (count_blocks.c) watches for, and write the process's memo
 counts, so each block's address can be named (library, symbol).
 
     python3 guest_inference.py --runtime tvm|litert --model FILE --inputs FILE.npz --count N --maps OUT
+    python3 guest_inference.py --kernels LIST.json --maps OUT
+
+With --kernels (MetaSchedule's candidates, compile/schedules/tune_job.py through the simulated
+core's runner), each entry {"library", "inputs"} is one compiled kernel: called once untimed, then
+once between markers of its own region (1, 2, ...), so one process counts a whole batch.
 """
 
 from __future__ import annotations
@@ -39,26 +44,52 @@ def litert_runner(model: str, arrays: list):
     return interpreter.invoke
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runtime", choices=("tvm", "litert"), required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--inputs", required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--maps", required=True)
-    args = parser.parse_args()
+def kernel_runner(library: str, arrays: list):
+    import tvm
+
+    module = tvm.runtime.load_module(library)
+    function = module[module.entry_name]
+    tensors = [tvm.runtime.tensor(x, tvm.cpu()) for x in arrays]
+    return lambda: function(*tensors)
+
+
+def _arrays(path: str) -> list:
     import numpy as np
 
-    with np.load(args.inputs) as data:
-        arrays = [data[name] for name in data.files]
-    run = (tvm_runner if args.runtime == "tvm" else litert_runner)(args.model, arrays)
-    for _ in range(WARMUP_RUNS):
-        run()
+    with np.load(path) as data:
+        return [data[name] for name in data.files]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runtime", choices=("tvm", "litert"))
+    parser.add_argument("--model")
+    parser.add_argument("--inputs")
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--kernels")
+    parser.add_argument("--maps", required=True)
+    args = parser.parse_args()
     libc = ctypes.CDLL(None)
-    libc.syscall(MARK_SYSCALL, MARK_MAGIC, 1)
-    for _ in range(args.count):
-        run()
-    libc.syscall(MARK_SYSCALL, MARK_MAGIC, 0)
+    if args.kernels:
+        import json
+
+        with open(args.kernels) as listing:
+            kernels = json.load(listing)
+        # Every library stays loaded to the end: the map written then must place each of them.
+        loaded = [kernel_runner(kernel["library"], _arrays(kernel["inputs"])) for kernel in kernels]
+        for region, run in enumerate(loaded, start=1):
+            run()
+            libc.syscall(MARK_SYSCALL, MARK_MAGIC, 1, 0)
+            run()
+            libc.syscall(MARK_SYSCALL, MARK_MAGIC, 0, region)
+    else:
+        run = (tvm_runner if args.runtime == "tvm" else litert_runner)(args.model, _arrays(args.inputs))
+        for _ in range(WARMUP_RUNS):
+            run()
+        libc.syscall(MARK_SYSCALL, MARK_MAGIC, 1, 0)
+        for _ in range(args.count):
+            run()
+        libc.syscall(MARK_SYSCALL, MARK_MAGIC, 0, 0)
     with open("/proc/self/maps") as maps, open(args.maps, "w") as out:
         out.write(maps.read())
     os._exit(0)  # nothing after the region matters; skip the interpreter's slow teardown under qemu
