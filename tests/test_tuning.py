@@ -85,7 +85,7 @@ def test_local_tuning_resumes_and_the_build_applies_it(tmp_path, small_model):
     assert "[1/1]" in first.stdout and "(stem, x1): best" in first.stdout
     assert re.search(r"best [0-9.]+ ms after 2 trials \(1/1 trials of this run, [0-9.]+ min so far, about 0 min left\)",
                      first.stdout), first.stdout  # progress: trials done of all, ETA
-    assert re.search(r"\(stem, x1\): default schedule \(DirectConv\) measured: [0-9.]+ ms", first.stdout)
+    assert re.search(r"\(stem, x1\): default schedule \(DirectConv\) timed: [0-9.]+ ms", first.stdout)
     again = tune(tmp_path, small_model, "--target", "host")
     assert "records already, skipped" in again.stdout  # resumed: nothing left to do
     assert "default schedule" not in again.stdout  # measured once

@@ -7,6 +7,7 @@ task's structural hash and ignores the target, so databases must never be shared
 from __future__ import annotations
 
 import hashlib
+import importlib
 import warnings
 from pathlib import Path
 
@@ -93,7 +94,7 @@ class TuningDatabase:
                 raise
         # A searched record tensorized with one of TVM's own intrinsics (its ARM sdot, x86 VNNI):
         # registering them all costs about 15 s, so only for a database that names one.
-        import tvm.s_tir.tensor_intrin  # noqa: F401
+        importlib.import_module("tvm.s_tir.tensor_intrin")  # registers them
 
         return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -100,12 +99,16 @@ def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path
     """Run the guest program (an aarch64 executable and its arguments) under qemu-aarch64 with the
     plugin; the blocks it executed between its markers (with `regions`, each numbered region's)."""
     blocks_file = work / "blocks.txt"
-    command = ["qemu-aarch64", "-cpu", qemu_cpu, "-plugin", f"{plugin()},out={blocks_file}", *guest]
-    if shutil.which("setarch") and subprocess.run(["setarch", "-R", "true"], capture_output=True).returncode == 0:
-        command = ["setarch", "-R", *command]
+    command = [shutil.which("qemu-aarch64") or "qemu-aarch64", "-cpu", qemu_cpu, "-plugin",
+               f"{plugin()},out={blocks_file}", *guest]
+    setarch = shutil.which("setarch")
+    if setarch and subprocess.run([setarch, "-R", "true"], capture_output=True).returncode == 0:
+        command = [setarch, "-R", *command]
     try:
-        done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
-                              timeout=COUNT_TIMEOUT_S)
+        # The guest gets `env` alone, in a folder of its own: the caller's environment would move
+        # the guest's stack and heap, and with them a few of the allocator's paths (a sweep's count
+        # and a test's of the same build differed by 11 of 5.6 M instructions).
+        done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=COUNT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise UserError(f"Counting {what} under qemu-aarch64 took over {COUNT_TIMEOUT_S} s: the machine is "
                         f"overloaded.") from None
