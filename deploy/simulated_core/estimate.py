@@ -30,11 +30,12 @@ LEAVES_OUT = ("an estimate from a simulated core (qemu-user instruction counts, 
               "no branch mispredictions or call costs, nor the Python driver's calls and libc")
 RUNTIMES = ("ours", "litert")
 CACHE = CACHE_ROOT / "simulated_core" / "estimates"
-SCHEMA = "mnv2-edge/core-estimate/4"
-# The guest's Python driver and libc (the interpreter's call into the runtime, its allocator): not
-# the inference, and not deterministic either (a few hundred instructions that vary with the heap
-# the process's paths and environment left before the counted region).
-DRIVER_PARTS = ("python3", "libpython", "_ctypes", "libffi", "libc")
+SCHEMA = "mnv2-edge/core-estimate/5"
+# The guest's Python driver and libc (the interpreter's call into the runtime, tvm_ffi's Cython
+# core that makes it, its allocator): not the inference, and not deterministic either (a few
+# hundred instructions that vary with the heap the process's paths and environment left before the
+# counted region: tvm_ffi's core ran 381 instructions in one process and 392 in another).
+DRIVER_PARTS = ("python3", "libpython", "_ctypes", "libffi", "libc", "core.cpython")
 
 
 @dataclass
