@@ -156,6 +156,12 @@ def _lanes(expr) -> int:
     return int(dtype.split("x")[1]) if "x" in dtype else 1
 
 
+def _neon_takes(lanes: int, scalar_form: bool) -> bool:
+    """Whether _neon makes `lanes` int32 lanes: 2, 4-lane slices up to MAX_LANES, and one lane where
+    the instruction has a scalar form (sqrdmulh has, srshl has not)."""
+    return (lanes == 1 and scalar_form) or lanes == 2 or (lanes % 4 == 0 and lanes <= MAX_LANES)
+
+
 def rewrite(func):
     """The PrimFunc with every doubling high multiply as sqrdmulh and every rounding right shift of a
     vector as srshl by its negated amount, where NEON has the lane count (srshl has no 32-bit
@@ -165,13 +171,13 @@ def rewrite(func):
 
     def on_cast(cast):
         operands, lanes = doubling_high_operands(cast), _lanes(cast)
-        if operands is None or not (lanes in (1, 2) or lanes % 4 == 0) or lanes > MAX_LANES:
+        if operands is None or not _neon_takes(lanes, scalar_form=True):
             return cast
         return _neon(SQRDMULH, *operands, lanes)
 
     def on_shift(shift):
         operands, lanes = rounding_shift_operands(shift), _lanes(shift)
-        if operands is None or not (lanes == 2 or lanes % 4 == 0) or lanes > MAX_LANES:
+        if operands is None or not _neon_takes(lanes, scalar_form=False):
             return shift
         value, right = operands
         return _neon(SRSHL, value, 0 - right, lanes)

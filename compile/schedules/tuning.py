@@ -238,22 +238,27 @@ def record_trials(path: Path, task, trials: int) -> None:
     file.write_text(json.dumps(counts, indent=0, sort_keys=True) + "\n")
 
 
-def check_measurement(path: Path, cache_flush: bool, timed_by: str = MEASURED) -> None:
-    """Keep one way of timing per database: records timed with cold caches are slower than warm ones
-    of the same code, and a simulated core's estimates are not a board's times, so mixed, the
-    records of one way would win for no reason. A database from before this file was written was
-    measured warm."""
+def _kept_timing(path: Path) -> tuple[bool, str] | None:
+    """How a database's records were timed (MEASUREMENT_FILE): (cache_flush, timed_by); a database
+    from before this file was written was measured warm; None for a folder without records yet."""
     import json
-
-    from mnv2_edge.targets.errors import UserError
 
     file = Path(path) / MEASUREMENT_FILE
     if file.exists():
         kept = json.loads(file.read_text())
-        timed_cold, kept_by = kept.get("cache_flush", False), kept.get("timed_by", MEASURED)
-    else:
-        fresh = not has_database(path)
-        timed_cold, kept_by = (cache_flush, timed_by) if fresh else (False, MEASURED)
+        return kept.get("cache_flush", False), kept.get("timed_by", MEASURED)
+    return (False, MEASURED) if has_database(path) else None
+
+
+def check_measurement(path: Path, cache_flush: bool, timed_by: str = MEASURED) -> None:
+    """Keep one way of timing per database: records timed with cold caches are slower than warm ones
+    of the same code, and a simulated core's estimates are not a board's times, so mixed, the
+    records of one way would win for no reason."""
+    import json
+
+    from mnv2_edge.targets.errors import UserError
+
+    timed_cold, kept_by = _kept_timing(path) or (cache_flush, timed_by)
     if kept_by != timed_by:
         raise UserError(f"The database {path} holds times {kept_by}; this run's would be {timed_by}, and the two "
                         f"are not comparable. Give another --tuning-log folder.")
@@ -262,15 +267,13 @@ def check_measurement(path: Path, cache_flush: bool, timed_by: str = MEASURED) -
         raise UserError(f"The database {path} was timed {how(timed_cold)}; this run would time {how(cache_flush)}, "
                         f"and records timed both ways are not comparable. Rerun {how(timed_cold)}, or give "
                         f"another --tuning-log folder.")
-    file.write_text(json.dumps({"cache_flush": cache_flush, "timed_by": timed_by}) + "\n")
+    (Path(path) / MEASUREMENT_FILE).write_text(json.dumps({"cache_flush": cache_flush, "timed_by": timed_by}) + "\n")
 
 
 def timing_of(path: Path) -> str:
-    """How a database's records were timed (MEASUREMENT_FILE): MEASURED, or the estimate's label."""
-    import json
-
-    file = Path(path) / MEASUREMENT_FILE
-    return json.loads(file.read_text()).get("timed_by", MEASURED) if file.exists() else MEASURED
+    """How a database's records were timed: MEASURED, or the estimate's label."""
+    kept = _kept_timing(path)
+    return kept[1] if kept else MEASURED
 
 
 def record_count(path: Path) -> int:

@@ -119,6 +119,17 @@ def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path
     return [_read_blocks(f) for f in files] if regions else _read_blocks(blocks_file)
 
 
+def _count_in_guest(arguments: list[str], qemu_cpu: str, work: Path, what: str,
+                    regions: int = 0) -> tuple[list[Block] | list[list[Block]], list[Mapping]]:
+    """guest_inference.py with `arguments` on the emulated board's python under `-cpu qemu_cpu`, one
+    thread, Python's hash seed fixed: its counted blocks (run_counted) and its memory map."""
+    maps_file = work / "maps.txt"
+    guest = [str(emulated_board.ROOT / "usr/bin/python3.11"), str(GUEST_SCRIPT), *arguments, "--maps", str(maps_file)]
+    env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
+    blocks = run_counted(guest, qemu_cpu, env, work, what, regions=regions)
+    return blocks, _read_maps(maps_file)
+
+
 def count(runtime: str, model: Path, inputs: list[np.ndarray], qemu_cpu: str, inferences: int = 1,
           progress=lambda message: None) -> Counts:
     """Run `inferences` inferences of `model` (a model.so for runtime "tvm", a .tflite for "litert")
@@ -127,13 +138,9 @@ def count(runtime: str, model: Path, inputs: list[np.ndarray], qemu_cpu: str, in
     with tempfile.TemporaryDirectory(prefix="mnv2-count-") as tmp:
         work = Path(tmp)
         np.savez(work / "inputs.npz", *inputs)
-        maps_file = work / "maps.txt"
-        guest = [str(emulated_board.ROOT / "usr/bin/python3.11"), str(GUEST_SCRIPT), "--runtime", runtime,
-                 "--model", str(model), "--inputs", str(work / "inputs.npz"), "--count", str(inferences),
-                 "--maps", str(maps_file)]
-        env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
-        blocks = run_counted(guest, qemu_cpu, env, work, f"{model.name} ({runtime})")
-        return Counts(blocks, _read_maps(maps_file), inferences)
+        blocks, maps = _count_in_guest(["--runtime", runtime, "--model", str(model), "--inputs", str(work / "inputs.npz"),
+                                        "--count", str(inferences)], qemu_cpu, work, f"{model.name} ({runtime})")
+        return Counts(blocks, maps, inferences)
 
 
 def count_kernels(kernels: list[tuple[Path, list[np.ndarray]]], qemu_cpu: str) -> tuple[list[list[Block]], list[Mapping]]:
@@ -147,9 +154,5 @@ def count_kernels(kernels: list[tuple[Path, list[np.ndarray]]], qemu_cpu: str) -
             np.savez(work / f"inputs{index}.npz", *arrays)
             listing.append({"library": str(library), "inputs": str(work / f"inputs{index}.npz")})
         (work / "kernels.json").write_text(json.dumps(listing))
-        maps_file = work / "maps.txt"
-        guest = [str(emulated_board.ROOT / "usr/bin/python3.11"), str(GUEST_SCRIPT), "--kernels",
-                 str(work / "kernels.json"), "--maps", str(maps_file)]
-        env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
-        blocks = run_counted(guest, qemu_cpu, env, work, f"{len(kernels)} kernels", regions=len(kernels))
-        return blocks, _read_maps(maps_file)
+        return _count_in_guest(["--kernels", str(work / "kernels.json")], qemu_cpu, work, f"{len(kernels)} kernels",
+                               regions=len(kernels))
