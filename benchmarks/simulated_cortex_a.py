@@ -2,7 +2,7 @@
 official variant, and a check of the simulator against published figures.
 
     python benchmarks/simulated_cortex_a.py [--targets rasp4b,rasp5] [--dtypes float32,int8]
-                                            [--variants 1.0/224,0.35/96 | all official by default]
+                                            [--variants 1.0/224,0.35/96 | all official by default] [--memory]
 
 For each target with a [core] (rasp4b: Cortex-A72 at 1.5 GHz; rasp5: Cortex-A76 at 2.4 GHz, with
 dotprod): build each variant, count one inference of ours and of LiteRT 1.4.0's XNNPACK on the same
@@ -13,7 +13,9 @@ finished estimate); the estimates are added to results/<target>/estimates.jsonl 
 Checks of the simulator's shape (printed): LiteRT's estimates against the 22 published Pixel 1
 latencies (tensorflow/models, TFLite of 2018 on one Kryo core: rank correlation and the spread of the
 ratio), and against XNNPACK's published Raspberry Pi 4 figures (end-to-end MobileNetV2 1.0/224, all
-4 cores: float32 46 ms, int8 17 ms), our one-thread estimate divided by 4 as if threads scaled ideally.
+4 cores: float32 46 ms, int8 17 ms), our one-thread estimate divided by 4 as if threads scaled ideally,
+and with --memory the memory model's estimate on 4 threads (the core's data caches simulated,
+memory's bandwidth shared by the threads: deploy/simulated_core/estimate.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mnv2_edge.compile.artifacts import pipeline
 from mnv2_edge.compile.cli_common import parse_variants, run_main
 from mnv2_edge.compile.generation.variants import OFFICIAL_TABLE
 from mnv2_edge.compile.paths import DEFAULT_OUT
-from mnv2_edge.deploy.estimate import table
+from mnv2_edge.deploy.estimate import memory_table, table
 from mnv2_edge.deploy.simulated_core.estimate import LEAVES_OUT, append_results, compare
 from mnv2_edge.targets.errors import UserError
 from mnv2_edge.targets.profiles import load_profile
@@ -61,10 +63,14 @@ def requests(target: str, dtype: str, variants: str | None):
             .requests(target=target, out=DEFAULT_OUT)]
 
 
-def summary(rows) -> str:
-    ratios = sorted(c.ratio for c in rows)
-    worst = max(rows, key=lambda c: c.ratio)
-    return (f"median {statistics.median(ratios):.2f}x, best {ratios[0]:.2f}x, worst {worst.ratio:.2f}x "
+def summary(rows, memory: bool = False) -> str:
+    """The ratios' median and range: the estimate's, or with `memory` the memory model's on one thread."""
+    def ratio(c):
+        return c.memory_ratio if memory else c.ratio
+
+    ratios = sorted(ratio(c) for c in rows)
+    worst = max(rows, key=ratio)
+    return (f"median {statistics.median(ratios):.2f}x, best {ratios[0]:.2f}x, worst {ratio(worst):.2f}x "
             f"({worst.ours.model}); {sum(r <= 1.0 for r in ratios)} of {len(ratios)} at or under 1.0x")
 
 
@@ -88,6 +94,10 @@ def checks(rows) -> list[str]:
             lines.append(f"XNNPACK on a Pi 4, 1.0/224 {c.dtype}: published {published:g} ms on 4 threads; "
                          f"estimated {c.litert.ms:.1f} ms on 1 thread, {c.litert.ms / 4:.1f} ms if 4 threads scaled "
                          f"ideally ({100 * (c.litert.ms / 4 / published - 1):+.0f}%)")
+            if c.litert.memory and len(c.litert.memory.ms_on_threads) >= 4:
+                on_4 = c.litert.memory.ms_on_threads[3]
+                lines.append(f"  with the memory model: {c.litert.memory.ms_on_threads[0]:.1f} ms on 1 thread, "
+                             f"{on_4:.1f} ms on 4 ({100 * (on_4 / published - 1):+.0f}% from the published figure)")
     return lines
 
 
@@ -96,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="rasp4b,rasp5")
     p.add_argument("--dtypes", default="float32,int8")
     p.add_argument("--variants", help="WIDTH/RES pairs, comma-separated (default: the 22 official)")
+    p.add_argument("--memory", action="store_true", help="also the memory model (the core's data caches "
+                   "simulated, memory bandwidth, 1 to 4 threads): slower to count")
     p.add_argument("--out", type=Path, default=Path("results") / "simulated_cortex_a",
                    help="folder for report.md and comparisons.json")
     args = p.parse_args(argv)
@@ -106,7 +118,7 @@ def main(argv=None) -> int:
         if not profile.core:
             raise UserError(f"Target {target} names no simulated core ([core] in its profile): use rasp4b or rasp5.")
         for dtype in dtypes:
-            rows = compare(pipeline.build_each(requests(target, dtype, args.variants)), profile)
+            rows = compare(pipeline.build_each(requests(target, dtype, args.variants)), profile, memory=args.memory)
             append_results(rows, Path("results") / target)  # where mnv2-pick looks
             all_rows += rows
     report = []
@@ -116,6 +128,8 @@ def main(argv=None) -> int:
             if rows:
                 report += [f"## {target} ({rows[0].ours.core} at {rows[0].ours.clock_ghz:g} GHz), {dtype}: "
                            f"{summary(rows)}", "", table(rows)]
+                if args.memory:
+                    report += [f"With the memory model: {summary(rows, memory=True)}", "", memory_table(rows)]
     report += ["## Checks of the simulator", "", *[f"- {line}" for line in checks(all_rows)], "",
                f"All figures: {LEAVES_OUT}."]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,12 @@ LLVM's scheduling model of the core), one thread.
 
     python deploy/estimate.py --target rasp4b --width 0.35 --res 96 --dtype float32,int8
     python deploy/estimate.py --target rasp5 --all-official --dtype float32,int8
+    python deploy/estimate.py --target rasp4b --width 1.0 --res 224 --memory
     python deploy/estimate.py --tune --target rasp5 --width 1.0 --res 224 --dtype int8 --trials 16
+
+With --memory: the same inferences also run through the core's simulated data caches (the
+profile's [core.memory]: sizes, ways, bandwidths), each loop costed at the larger of its cycles and
+its traffic's time, and the time on 1 to num-cores threads (memory's bandwidth shared by them).
 
 With --tune: MetaSchedule tunes the model's kernels into tuning_logs/<target>/ (as compile/tune.py
 does, with its search flags) with each candidate timed by this estimate instead of a board: no
@@ -30,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_flags(p, default_target="rasp4b")
     add_lowering_flags(p)
     p.add_argument("--results", type=Path, help="results folder (default: results/<target>)")
+    p.add_argument("--memory", action="store_true", help="also simulate the core's data caches and memory "
+                   "bandwidth ([core.memory] of the profile), on 1 to num-cores threads")
     tune = p.add_argument_group("tuning on the estimate (--tune)")
     tune.add_argument("--tune", action="store_true", help="tune the model's kernels with candidates timed by "
                       "the estimate (into tuning_logs/<target>/ or --tuning-log), instead of estimating the model")
@@ -52,6 +59,31 @@ def table(comparisons) -> str:
     return "\n".join(lines) + f"\n\nEstimated ms at the profile's clock: {LEAVES_OUT}.\n"
 
 
+def memory_table(comparisons) -> str:
+    """Markdown: the memory model's ms on one thread and on all the profile's threads, ours and LiteRT,
+    and the megabytes each moved from memory per inference; empty without the memory model."""
+    from mnv2_edge.deploy.simulated_core.estimate import MEMORY_LEAVES_OUT
+
+    rows = [c for c in comparisons if c.memory_ratio is not None]
+    if not rows:
+        return ""
+    lines = ["| model | core | ours ms, 1 thread | LiteRT ms, 1 thread | ours / LiteRT | threads | ours ms | LiteRT ms "
+             "| ours / LiteRT | ours MB from memory | LiteRT MB from memory |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in rows:
+        ours, litert = c.ours.memory, c.litert.memory
+        threads = len(ours.ms_on_threads)
+        lines.append(f"| {c.ours.model} | {c.ours.core} {c.ours.clock_ghz:g} GHz | {ours.ms_on_threads[0]:.2f} "
+                     f"| {litert.ms_on_threads[0]:.2f} | {c.memory_ratio:.2f}x | {threads} | {ours.ms_on_threads[-1]:.2f} "
+                     f"| {litert.ms_on_threads[-1]:.2f} | {ours.ms_on_threads[-1] / litert.ms_on_threads[-1]:.2f}x "
+                     f"| {_from_memory_mb(ours):.1f} | {_from_memory_mb(litert):.1f} |")
+    return "\n".join(lines) + f"\n\nEstimated with the memory model, which leaves out: {MEMORY_LEAVES_OUT}.\n"
+
+
+def _from_memory_mb(memory) -> float:
+    return sum(mb for flow, mb in memory.traffic_mb.items() if "memory" in flow)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mnv2_edge.compile.artifacts import pipeline
@@ -64,6 +96,9 @@ def main(argv=None) -> int:
     if not profile.core:
         raise UserError(f"Target {args.target} names no simulated core ([core] in targets/{args.target}.toml); "
                         f"these do: rasp4b (Cortex-A72), rasp5 (Cortex-A76), arm_cpu (as a Cortex-A72).")
+    if args.tune and args.memory:
+        raise UserError("--memory is for estimating a model; tuning times each candidate kernel alone, where the "
+                        "caches would hold only that kernel's data: leave --memory out with --tune.")
     if args.tune:
         from mnv2_edge.compile.tune import search
         from mnv2_edge.deploy.simulated_core.tuning_runner import estimator
@@ -72,10 +107,15 @@ def main(argv=None) -> int:
     requests = model_selection(args).requests(target=args.target, out=args.out or DEFAULT_OUT,
                                               tuning_log=args.tuning_log, no_tuning=args.no_tuning,
                                               int8_lowering=args.int8_lowering)
-    comparisons = compare(pipeline.build_each(requests), profile)
+    if args.memory:
+        from mnv2_edge.deploy.simulated_core.estimate import memory_model
+
+        memory_model(profile)  # a clean error before any build
+    comparisons = compare(pipeline.build_each(requests), profile, memory=args.memory)
     written = append_results(comparisons, args.results or Path("results") / args.target)
     print()
     print(table(comparisons))
+    print(memory_table(comparisons))
     print(f"appended to {written}")
     return 0
 

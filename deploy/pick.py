@@ -8,7 +8,8 @@ as accurate).
     mnv2-pick --target rasp5 --budget-ms 10 --dtype int8 --results my_results/
 
 Latencies come from <results>/results.jsonl (mnv2-bench on a board: the median; emulated boards'
-timings are never used) and <results>/estimates.jsonl (mnv2-estimate: ours, one thread). Exit 0
+timings are never used) and <results>/estimates.jsonl (mnv2-estimate: ours, one thread; with
+--memory, the memory model's time on all the profile's threads, as a sweep measures). Exit 0
 with a pick, 1 when no variant fits the budget, 2 on bad input.
 """
 
@@ -30,7 +31,7 @@ class Candidate:
     resolution: int
     top1: float  # published ImageNet top-1 of the float checkpoint, %
     latency_ms: float
-    source: str  # "measured on <device>" or "estimated: <core>, 1 thread"
+    source: str  # "measured on <device>" or "estimated: <core>, <threads>"
 
     @property
     def name(self) -> str:
@@ -39,7 +40,8 @@ class Candidate:
 
 def candidates(results: Path, dtype: str) -> list[Candidate]:
     """One candidate per official variant with a latency: a real board's median if a sweep measured
-    it (the latest), else the simulated core's estimate of ours (the latest)."""
+    it (the latest), else the simulated core's estimate of ours (the latest; the memory model's on all
+    the profile's threads where the estimate has it)."""
     from mnv2_edge.deploy import results as results_file
 
     found: dict[tuple[float, int], Candidate] = {}
@@ -53,8 +55,11 @@ def candidates(results: Path, dtype: str) -> list[Candidate]:
             key = (row.get("width"), row.get("resolution"))
             if row.get("dtype") == dtype and key in OFFICIAL_TABLE:
                 ours = row["ours"]
-                found[key] = Candidate(*key, OFFICIAL_TABLE[key].top1, ours["ms"],
-                                       f"estimated: simulated {ours['core']} at {ours['clock_ghz']:g} GHz, 1 thread")
+                core = f"estimated: simulated {ours['core']} at {ours['clock_ghz']:g} GHz"
+                on_threads = (ours.get("memory") or {}).get("ms_on_threads")
+                found[key] = (Candidate(*key, OFFICIAL_TABLE[key].top1, on_threads[-1],
+                                        f"{core} with its caches and memory, {len(on_threads)} threads")
+                              if on_threads else Candidate(*key, OFFICIAL_TABLE[key].top1, ours["ms"], f"{core}, 1 thread"))
     for result in sorted(results_file.load(results / "results.jsonl"), key=lambda r: r.finished_at):
         key = (result.width, result.resolution)
         if (result.dtype == dtype and key in OFFICIAL_TABLE and result.status == "ok" and result.latency

@@ -62,6 +62,61 @@ def test_the_plugin_counts_exactly_what_runs_between_the_markers(tmp_path):
     assert not any(990 <= n <= 1000 for n in after.values())  # the 1000-iteration loop after the region
 
 
+STREAM_PROGRAM = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+volatile long sink;
+static void pass(volatile unsigned char *a, long size, int write) {
+    for (long i = 0; i < size; i += 64)  /* one access per 64-byte line */
+        if (write) a[i] = (unsigned char)i; else sink += a[i];
+}
+int main(int argc, char **argv) {
+    long size = atol(argv[1]);
+    int write = argv[2][0] == 'w';
+    unsigned char *a = aligned_alloc(64, size);
+    memset(a, 1, size);
+    syscall(172, 0x6d6e7632, 2, 0);  /* the caches warm from here */
+    pass(a, size, write);
+    syscall(172, 0x6d6e7632, 1, 0);  /* counted: the second pass */
+    pass(a, size, write);
+    syscall(172, 0x6d6e7632, 0, 0);
+    return 0;
+}
+"""
+
+
+@needs_tools
+def test_the_simulated_caches_fill_what_a_stream_does_not_fit(tmp_path):
+    """A Pi 4's data caches (32 KB 2-way L1, 1 MB 16-way L2, LRU) under a second pass over an array,
+    one access a line: it hits where the array fits a level and misses every line where it does not;
+    written lines go back to memory once evicted."""
+    source = tmp_path / "stream.c"
+    source.write_text(STREAM_PROGRAM)
+    program = tmp_path / "stream"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-static", "-o", str(program), str(source)], check=True)
+    caches = load_profile("rasp4b").core["memory"]["caches"]
+    assert [(c["bytes"], c["ways"]) for c in caches] == [(32768, 2), (1048576, 16)]
+
+    def traffic(size: int, mode: str) -> tuple[int, int, int]:
+        work = tmp_path / f"{size}{mode}"
+        work.mkdir()
+        blocks = counting.run_counted([str(program), str(size), mode], "cortex-a72", {}, work, "the stream program",
+                                      caches=caches)
+        return (sum(b.fills[0] for b in blocks), sum(b.fills[1] for b in blocks), sum(b.writebacks for b in blocks))
+
+    few = 32  # the marker calls' stack and the program's globals
+    l1, l2, back = traffic(16 << 10, "r")  # fits L1
+    assert l1 <= few and l2 <= few and back <= few, (l1, l2, back)
+    l1, l2, back = traffic(512 << 10, "r")  # fits L2, not L1: every line from L2
+    assert 8192 <= l1 <= 8192 + few and l2 <= few and back <= few, (l1, l2, back)
+    l1, l2, back = traffic(4 << 20, "r")  # fits neither: every line from memory, none written back
+    assert 65536 <= l1 <= 65536 + few and 65536 <= l2 <= 65536 + few and back <= few, (l1, l2, back)
+    l1, l2, back = traffic(4 << 20, "w")  # written: each line filled evicts a dirty one
+    assert 65536 <= l2 <= 65536 + few and 65536 - few <= back <= 65536 + few, (l1, l2, back)
+
+
 @needs_tools
 def test_instruction_classes_and_cycles_come_from_the_core_model():
     assert cycles.instruction_class("fmla v0.4s, v1.4s, v2.s[0]") == "multiply(-add)"
@@ -108,11 +163,37 @@ def test_one_build_gives_one_estimate_and_multiply_adds_at_least_the_floor(built
     assert any(name.startswith("kernels: Pointwise") for name in fresh.by_part)
 
 
-def _write_estimates(folder: Path, rows: list[tuple[float, int, float]]) -> None:
+@needs_tools
+@pytest.mark.slow
+def test_the_memory_model_streams_the_weights_the_caches_cannot_hold(built):
+    """rasp5's 0.35/96 float32 with the Pi 5's caches simulated: the caches leave the count itself
+    alone, and the weights (6.6 MB of float32, most of it the classifier) do not fit the 2.6 MB of
+    L1, L2 and L3, so every inference reads at least the rest from memory, in either runtime."""
+    profile = load_profile("rasp5")
+    caches_bytes = sum(c["bytes"] for c in profile.core["memory"]["caches"])
+    weights_bytes = (built / "model.tflite").stat().st_size
+    for runtime in estimate.RUNTIMES:
+        plain = estimate.estimate_artifact(built, profile, runtime)
+        result = estimate.estimate_artifact(built, profile, runtime, memory=True)
+        assert result.cycles == plain.cycles and result.instructions == plain.instructions, runtime
+        memory = result.memory
+        from_memory = memory.traffic_mb["memory -> L3"] * 1e6
+        assert from_memory >= weights_bytes - caches_bytes, (runtime, from_memory, weights_bytes)
+        times = memory.ms_on_threads
+        assert len(times) == profile.target["num-cores"] and times[0] >= result.ms, (runtime, times, result.ms)
+        # More threads never slower; never faster than memory's bandwidth allows for what they read.
+        floor_ms = from_memory / (profile.core["memory"]["memory_gb_per_s"] * 1e6)
+        assert all(a >= b for a, b in zip(times, times[1:])) and times[-1] >= floor_ms, (runtime, times, floor_ms)
+
+
+def _write_estimates(folder: Path, rows: list[tuple[float, int, float]], memory: dict | None = None) -> None:
+    """Estimates of one thread, and for the variants in `memory` the memory model's on 1..4 threads."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "estimates.jsonl", "w") as out:
         for width, resolution, ms in rows:
             core = {"ms": ms, "core": "Cortex-A72", "clock_ghz": 1.5}
+            if (width, resolution) in (memory or {}):
+                core["memory"] = {"ms_on_threads": memory[width, resolution]}
             out.write(json.dumps({"target": "rasp4b", "width": width, "resolution": resolution, "dtype": "float32",
                                   "ours": core, "litert": core}) + "\n")
 
@@ -130,12 +211,24 @@ def test_pick_takes_the_most_accurate_variant_within_the_budget(tmp_path):
     assert none.returncode == 1 and "No variant fits 1 ms; the fastest known is 0.35/96" in none.stdout
 
 
+def test_pick_takes_the_memory_models_time_on_all_the_boards_threads_where_there_is_one(tmp_path):
+    rows = [(1.0, 224, 40.0), (0.75, 224, 30.0), (1.0, 160, 31.0), (0.35, 96, 3.0)]
+    _write_estimates(tmp_path, rows, memory={(1.0, 224): [42.0, 29.0, 24.0, 21.0]})
+    chosen = run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "35", "--results", tmp_path)
+    assert chosen.returncode == 0, chosen.stderr
+    assert ("pick: 1/224 (71.8% top-1, 21.00 ms, estimated: simulated Cortex-A72 at 1.5 GHz with its caches and "
+            "memory, 4 threads)") in chosen.stdout
+
+
 def test_pick_and_estimate_refuse_what_they_cannot_answer(tmp_path):
     assert_clean_error(run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "30", "--results", tmp_path),
                        "no float32 latencies", "mnv2-estimate")
     assert_clean_error(run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "0"), "above 0")
     assert_clean_error(run_cli("deploy/estimate.py", "--target", "host", "--width", "0.35", "--res", "96"),
                        "no simulated core", "rasp4b")
+    assert_clean_error(run_cli("deploy/estimate.py", "--target", "arm_cpu", "--width", "0.35", "--res", "96",
+                               "--memory"), "no memory model", "rasp4b")
+    assert_clean_error(run_cli("deploy/estimate.py", "--tune", "--memory", "--target", "rasp5"), "leave --memory out")
 
 
 def test_the_benchmarks_pixel1_check_ranks_each_core_apart():

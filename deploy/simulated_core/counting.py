@@ -31,10 +31,14 @@ COUNT_TIMEOUT_S = 1800  # one emulated process: 1.4/224 runs for about a minute 
 
 @dataclass(frozen=True)
 class Block:
-    """One translated block of guest code and how often it ran in the counted region."""
+    """One translated block of guest code and how often it ran in the counted region; with simulated
+    caches, the lines its data accesses filled into each cache level (from L1 out) and the dirty
+    lines the last level wrote back to memory, over all its runs."""
     address: int
     executions: int
     code: bytes  # the block's instruction words, little-endian
+    fills: tuple[int, ...] = ()
+    writebacks: int = 0
 
     @property
     def instructions(self) -> int:
@@ -76,12 +80,19 @@ def plugin() -> Path:
 
 def _read_blocks(path: Path) -> list[Block]:
     """Blocks of equal address and code (translated again after a flush) are one block."""
-    merged: dict[tuple[int, bytes], int] = {}
+    merged: dict[tuple[int, bytes], list[int]] = {}
     for line in path.read_text().splitlines():
-        address, executions, code = line.split()
+        address, executions, code, *traffic = line.split()
         key = (int(address, 16), bytes.fromhex(code))
-        merged[key] = merged.get(key, 0) + int(executions)
-    return [Block(address, executions, code) for (address, code), executions in sorted(merged.items())]
+        numbers = [int(executions), *map(int, traffic)]
+        merged[key] = [a + b for a, b in zip(merged[key], numbers)] if key in merged else numbers
+    return [Block(address, numbers[0], code, tuple(numbers[1:-1]), numbers[-1] if len(numbers) > 1 else 0)
+            for (address, code), numbers in sorted(merged.items())]
+
+
+def caches_argument(caches: list[dict]) -> str:
+    """The plugin's caches=... for a profile's [core.memory] caches (each {bytes, ways}), or ''."""
+    return ",caches=" + "/".join(f"{c['bytes']}:{c['ways']}" for c in caches) if caches else ""
 
 
 def _read_maps(path: Path) -> list[Mapping]:
@@ -95,12 +106,13 @@ def _read_maps(path: Path) -> list[Mapping]:
 
 
 def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path, what: str,
-                regions: int = 0) -> list[Block] | list[list[Block]]:
+                regions: int = 0, caches: list[dict] | None = None) -> list[Block] | list[list[Block]]:
     """Run the guest program (an aarch64 executable and its arguments) under qemu-aarch64 with the
-    plugin; the blocks it executed between its markers (with `regions`, each numbered region's)."""
+    plugin; the blocks it executed between its markers (with `regions`, each numbered region's), and
+    with `caches` each block's traffic through that simulated hierarchy."""
     blocks_file = work / "blocks.txt"
     command = [shutil.which("qemu-aarch64") or "qemu-aarch64", "-cpu", qemu_cpu, "-plugin",
-               f"{plugin()},out={blocks_file}", *guest]
+               f"{plugin()},out={blocks_file}{caches_argument(caches)}", *guest]
     setarch = shutil.which("setarch")
     if setarch and subprocess.run([setarch, "-R", "true"], capture_output=True).returncode == 0:
         command = [setarch, "-R", *command]
@@ -119,27 +131,29 @@ def run_counted(guest: list[str], qemu_cpu: str, env: dict[str, str], work: Path
     return [_read_blocks(f) for f in files] if regions else _read_blocks(blocks_file)
 
 
-def _count_in_guest(arguments: list[str], qemu_cpu: str, work: Path, what: str,
-                    regions: int = 0) -> tuple[list[Block] | list[list[Block]], list[Mapping]]:
+def _count_in_guest(arguments: list[str], qemu_cpu: str, work: Path, what: str, regions: int = 0,
+                    caches: list[dict] | None = None) -> tuple[list[Block] | list[list[Block]], list[Mapping]]:
     """guest_inference.py with `arguments` on the emulated board's python under `-cpu qemu_cpu`, one
     thread, Python's hash seed fixed: its counted blocks (run_counted) and its memory map."""
     maps_file = work / "maps.txt"
     guest = [str(emulated_board.ROOT / "usr/bin/python3.11"), str(GUEST_SCRIPT), *arguments, "--maps", str(maps_file)]
     env = {**emulated_board.guest_environment(), "PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1"}
-    blocks = run_counted(guest, qemu_cpu, env, work, what, regions=regions)
+    blocks = run_counted(guest, qemu_cpu, env, work, what, regions=regions, caches=caches)
     return blocks, _read_maps(maps_file)
 
 
 def count(runtime: str, model: Path, inputs: list[np.ndarray], qemu_cpu: str, inferences: int = 1,
-          progress=lambda message: None) -> Counts:
+          progress=lambda message: None, caches: list[dict] | None = None) -> Counts:
     """Run `inferences` inferences of `model` (a model.so for runtime "tvm", a .tflite for "litert")
-    on the emulated board's python under `-cpu qemu_cpu`, counting every block they execute."""
+    on the emulated board's python under `-cpu qemu_cpu`, counting every block they execute (and
+    with `caches`, their traffic through that simulated hierarchy, warmed by the run before)."""
     emulated_board.provision(progress)
     with tempfile.TemporaryDirectory(prefix="mnv2-count-") as tmp:
         work = Path(tmp)
         np.savez(work / "inputs.npz", *inputs)
         blocks, maps = _count_in_guest(["--runtime", runtime, "--model", str(model), "--inputs", str(work / "inputs.npz"),
-                                        "--count", str(inferences)], qemu_cpu, work, f"{model.name} ({runtime})")
+                                        "--count", str(inferences)], qemu_cpu, work, f"{model.name} ({runtime})",
+                                       caches=caches)
         return Counts(blocks, maps, inferences)
 
 
