@@ -264,18 +264,23 @@ def _cpu_flags() -> set[str]:
 SSE4 = {"kind": "llvm", "mcpu": "nehalem", "num-cores": 2}  # no AVX2: the plain integer conv
 CORTEX_A76 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"],
               "num-cores": 4}  # run on the emulated board by test_rpc; here compiled only
+CORTEX_A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"],
+              "num-cores": 4}  # no dotprod: smull and sadalp
 
 
 @pytest.mark.parametrize("target_dict,flag,instruction", [
     (ZNVER4, "avx512_vnni", "vpdpbusd"), (ALDERLAKE, "avx_vnni", "{vex} vpdpbusd"), (HASWELL, "avx2", "vpmaddwd"),
-    (SSE4, None, None), (CORTEX_A76, "aarch64", "sdot")], ids=["avx512-vnni", "avx-vnni", "avx2", "sse4", "sdot"])
+    (SSE4, None, None), (CORTEX_A76, "aarch64", "sdot"), (CORTEX_A72, "aarch64", "sadalp")],
+    ids=["avx512-vnni", "avx-vnni", "avx2", "sse4", "sdot", "sadalp"])
 def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, instruction):
     """int8 1x1 convs, fully connected layers and a stem (3x3, stride 2, over 3 channels) packed for
     vpdpbusd, vpmaddwd or sdot (compile/schedules/int8_dot.py), with TFLite's requantization, against NumPy and
     gemmlowp's definition. On AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the
     8-lane ones; an odd width (11) has no even pixel block. On AArch64 48 input channels take sdot by lane
-    index (16 a step), 40 the broadcast form. A target without AVX2 keeps the plain conv
-    and matmul. Compiled for every target; run where this CPU can."""
+    index (16 a step), 40 the broadcast form; without dotprod (the Pi 4's A72) 8 products of an output
+    channel per smull, added pairwise into its 4 partial sums by sadalp, and the stem (36 products a
+    pixel, not whole steps of 8) stays plain. A target without AVX2 keeps the plain conv and matmul.
+    Compiled for every target; run where this CPU can."""
     import subprocess
 
     import tvm
@@ -314,15 +319,22 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                                   **({"cc": "aarch64-linux-gnu-gcc"} if arm else {}))
         listing = subprocess.run(["aarch64-linux-gnu-objdump" if arm else "objdump", "-d", str(tmp_path / "kernel.so")],
                                  capture_output=True, text=True, check=True).stdout
-        if instruction:
+        if instruction == "sadalp" and layer == "stem":  # 36 products a pixel, not whole steps of 8: plain
+            assert "PointwiseDot" not in applied.values(), applied
+        elif instruction:
             register = "v" if arm else "zmm" if forms[0].lanes == 16 and channels % 16 == 0 else "ymm"
             assert "PointwiseDot" in applied.values(), applied
             assert re.search(rf"\s{re.escape(instruction)}\s[^\n]*%?{register}", listing), \
                 f"no {instruction} on {register} registers"
             if arm:  # the requantization: one sqrdmulh (no 64-bit products), srshl rounding
-                assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v", listing)
+                assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v\d+\.2d", listing)
                 assert re.search(r"\ssrshl\s+v\d+\.4s", listing)
-                assert bool(re.search(r"\ssdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", listing)) == (depth % 16 == 0)
+                if instruction == "sdot":
+                    assert bool(re.search(r"\ssdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", listing)) == (depth % 16 == 0)
+                else:  # 8 input channels a step: 8 products in 16-bit lanes, added pairwise into 4 partial sums
+                    assert re.search(r"\ssmull\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing)
+                    assert re.search(r"\ssadalp\s+v\d+\.4s, v\d+\.8h", listing)
+                    assert re.search(r"\saddp\s+v\d+\.4s", listing)  # 4 outputs' partial sums at once
         else:
             assert not forms and "PointwiseDot" not in applied.values()
         if flag and flag not in _cpu_flags():
@@ -339,7 +351,7 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
         np.testing.assert_array_equal(got.reshape(-1, channels), np.clip(expected, -128, 127))
     if flag and flag not in _cpu_flags():  # visible, not a silent pass: the exactness was not run here
         pytest.skip(f"compiled and checked for {instruction}, but this CPU has no {flag} to run it"
-                    + (" (the emulated board runs sdot kernels: test_rpc)" if flag == "aarch64" else ""))
+                    + (" (the emulated boards run such kernels: test_rpc)" if flag == "aarch64" else ""))
 
 
 def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
@@ -407,5 +419,5 @@ def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
     executable.export_library(str(tmp_path / "kernel.so"), cc="aarch64-linux-gnu-gcc")
     listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path / "kernel.so")],
                              capture_output=True, text=True, check=True).stdout
-    assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v", listing)
+    assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v\d+\.2d", listing)
     assert re.search(r"\ssrshl\s+v\d+\.4s", listing)

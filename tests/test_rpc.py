@@ -354,7 +354,9 @@ def test_a_farm_under_one_key_measures_in_parallel_and_moves_a_dead_boards_varia
 
 def test_two_emulated_boards_under_one_key_share_a_sweep(tmp_path):
     """Two aarch64 boards (qemu) registered under one key: the float32 and int8 models are measured
-    at once, one on each board, each checked against LiteRT and timed with LiteRT on its board."""
+    at once, one on each board, each checked against LiteRT and timed with LiteRT on its board. The
+    arm_cpu build has no dotprod (the boards emulate a Cortex-A72): its int8 1x1 convs run on smull
+    and sadalp, exactly TFLite's reference kernels' integers."""
     launcher = emulated_board.provision(progress=lambda m: None)
     built = run_cli("compile/build.py", "--target", "arm_cpu", *SMALL, "--dtype", "float32,int8",
                     "--out", tmp_path.parent / "dist")  # built first: both boards start measuring at once
@@ -378,3 +380,8 @@ def test_two_emulated_boards_under_one_key_share_a_sweep(tmp_path):
     assert {r.name for r in done} == {"mnv2_0.35_96_float32", "mnv2_0.35_96_int8"}
     assert all(r.status == "ok" and r.litert for r in done)
     assert len({r.board for r in done}) == 2, [r.board for r in done]  # one model on each board
+    int8 = next(r for r in done if r.dtype == "int8")
+    assert [check["error_vs_reference_kernels"] for check in int8.verification] == [0] * len(int8.verification)
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path.parent / "dist" / "arm_cpu" /
+                              "mnv2_0.35_96_int8" / "model.so")], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\ssmull\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing) and re.search(r"\ssadalp\s+v\d+\.4s", listing)

@@ -260,9 +260,12 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     """The packed int8 1x1 conv or fully connected layer (compile/schedules/int8_dot.py; a fully connected
     layer is one row of pixels): a register block of up to 24 int32 vectors (a few output pixels x a
     few vectors of output channels), the input channels streamed through it a group at a time, each
-    vector's products one vpdpbusd, vpmaddwd or sdot; the tiles in parallel (_gemm_tiles)."""
+    vector's products one vpdpbusd, vpmaddwd or sdot (smull and sadalp: _schedule_lane_sums); the tiles
+    in parallel (_gemm_tiles)."""
     loops = sch.get_loops(block)
     extents = _extents(sch, loops)
+    if extents is not None and len(loops) == 7 and iter_kinds(sch, block) == "SSSSSRR":
+        return _schedule_lane_sums(sch, block, shape, loops, extents)
     if extents is None or len(loops) != 5 or iter_kinds(sch, block) != "SSSSR":
         return False
     batch, height, width, channel, reduction = loops
@@ -301,10 +304,48 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     return True
 
 
-def _place_epilogue(sch, block, epilogue: list, tile_loop, shape: CPUShape) -> None:
+def _schedule_lane_sums(sch, block, shape: CPUShape, loops: list, extents: list[int]) -> bool:
+    """The packed int8 1x1 conv on NEON without dotprod (int8_dot.SMULL_SADALP): each output's 4
+    partial sums one int32 vector, 8 input channels a step (one smull and one sadalp), a register
+    block of pixels x output channels, each 4 outputs' lanes added by three addp in the epilogue.
+    A72 (llvm-mca): 8 products a cycle, where smlal by lane index makes 4."""
+    batch, height, width, channel, lanes, steps, pair = loops
+    quad = int8_dot.PARTIAL_LANES  # the packing took only whole quads of output channels (int8_dot._form_for)
+    # Up to 16 accumulators (of 32 registers: the pixels' and channels' 8-byte loads and the
+    # products beside them), as many pixels as divide the row: per step one load per pixel and
+    # per channel, two instructions per accumulator. Simulated Cortex-A72, 1.0/224 int8 (ms): 16
+    # at most 43.8, 8 at most 47.8, 24 at most 50.4; smlal by lane index (4 products an
+    # instruction) 61.5; the plain integer loops 78.9.
+    quads_in_all = extents[3] // quad
+    pixels, quads = max(((p, q) for p in range(1, min(extents[2], 16) + 1) if extents[2] % p == 0
+                         for q in range(1, quads_in_all + 1) if quads_in_all % q == 0 and p * q * quad <= 16),
+                        key=lambda pq: (pq[0] * pq[1], pq[0]))
+    epilogue = _epilogue(sch, block)
+    w_outer, w_inner = sch.split(width, [None, pixels])
+    c_outer, c_inner = sch.split(channel, [None, quads * quad])
+    tile = _gemm_tiles(sch, [batch, height, w_outer], c_outer, math.prod(extents[:3]), extents[3],
+                       [steps, w_inner, c_inner, lanes, pair])
+    init = sch.decompose_reduction(block, steps)
+    _vectorize_innermost(sch, init, shape)
+    sch.unroll(w_inner)
+    sch.unroll(c_inner)
+    _place_epilogue(sch, block, epilogue, tile, shape, partial_lanes=True)
+    lane_sums = next(b for b in epilogue if int8_dot.lane_sums_block(sch.get(b).name_hint))
+    _, *sum_pixels, sum_channels, lane = sch.get_loops(lane_sums)  # under the tile (no pixel loop for 1)
+    _vectorize_innermost(sch, sch.decompose_reduction(lane_sums, (sum_pixels or [sum_channels])[0]), shape)
+    sum_quads, sum_quad = sch.split(sum_channels, [None, quad])
+    for loop in [*sum_pixels, sum_quads]:
+        sch.unroll(loop)
+    sch.tensorize(sum_quad, int8_dot.lane_totals_intrinsic())
+    sch.tensorize(lanes, int8_dot.lane_sums_intrinsic())  # last: it replaces the block
+    return True
+
+
+def _place_epilogue(sch, block, epilogue: list, tile_loop, shape: CPUShape, partial_lanes: bool = False) -> None:
     """Blocks that read the reduction's result go after it on each register block (under tile_loop),
     in order; blocks that do not (the other input of a residual add, rescaled) go before it, for the
-    same tile only."""
+    same tile only. With partial_lanes, the reduction's results are each output's partial sums (a
+    last axis more than its epilogue's)."""
     name = lambda b: sch.get(b).name_hint  # noqa: E731
     downstream = {name(block)}
     for stage in epilogue:
@@ -314,7 +355,7 @@ def _place_epilogue(sch, block, epilogue: list, tile_loop, shape: CPUShape) -> N
     for stage in epilogue:
         # A trailing pad (int8 pads with the zero point, so it is not folded into the next conv) has a
         # border that no tile computes: it stays a loop of its own, with the stages it reads.
-        if name(stage) in downstream and _same_shape_output(sch, block, stage) and \
+        if name(stage) in downstream and _same_shape_output(sch, block, stage, partial_lanes) and \
                 _try(lambda s=stage: sch.reverse_compute_at(s, tile_loop)):
             placed.add(name(stage))
             _vectorize_innermost(sch, stage, shape)
@@ -327,11 +368,12 @@ def _place_epilogue(sch, block, epilogue: list, tile_loop, shape: CPUShape) -> N
             schedule_elementwise(sch, stage, shape)
 
 
-def _same_shape_output(sch, block, epilogue) -> bool:
-    """An epilogue that writes exactly the reduction's shape (a trailing pad does not: its border
-    does not come from the reduction, so it cannot be computed inside the reduction's tiles)."""
+def _same_shape_output(sch, block, epilogue, partial_lanes: bool = False) -> bool:
+    """An epilogue that writes exactly the reduction's shape (less its partial sums' axis where it has
+    one; a trailing pad does not: its border does not come from the reduction, so it cannot be
+    computed inside the reduction's tiles)."""
     shape_of = lambda b: [int(d) for d in sch.get(b).writes[0].source.shape]  # noqa: E731
-    return shape_of(block) == shape_of(epilogue)
+    return (shape_of(block)[:-1] if partial_lanes else shape_of(block)) == shape_of(epilogue)
 
 
 def _epilogue(sch, block) -> list:
@@ -445,7 +487,9 @@ KERNEL_RULES = (
 
 
 def _reduction_blocks(sch) -> list:
-    return [b for b in sch.get_child_blocks(sch.get_sblock("root")) if "R" in iter_kinds(sch, b)]
+    """The kernel's reductions (a packed kernel's sum of partial lanes is its epilogue's)."""
+    return [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+            if "R" in iter_kinds(sch, b) and not int8_dot.lane_sums_block(sch.get(b).name_hint)]
 
 
 def make_rules() -> list:

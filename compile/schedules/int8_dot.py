@@ -1,5 +1,5 @@
 """int8 1x1 convolutions on dot-product instructions: x86 VNNI's vpdpbusd, else AVX2's vpmaddwd;
-AArch64's sdot.
+AArch64's sdot, else NEON's smull and sadalp.
 
 Without them an int8 product is widened to a 32-bit lane (vpmulld + vpaddd), which made our int8
 pointwise kernels slower than float32 ones. The packed form sums `group` consecutive input channels
@@ -13,6 +13,12 @@ into each int32 lane in one instruction:
   sign-extended on load;
 - `sdot` (Armv8.2 dotprod): four s8 x s8 products per lane. With TVM's HWIO weights LLVM gathered
   each lane's four weights one by one; packed, they are one 16-byte load;
+- `smull` + `sadalp` (any AArch64 NEON: the Pi 4's Cortex-A72 has no dotprod): 8 int8 x int8
+  products of one output channel in 16-bit lanes (`smull v.8h, a.8b, w.8b`), added pairwise into 4
+  int32 lanes of partial sums (`sadalp v.4s, p.8h`), and the 4 lanes added once at the end: 8
+  products per multiply where `smlal` by lane makes 4 (XNNPACK's qs8 c8 neon-mull micro-kernels).
+  The weights of an output channel are consecutive, [N, K / 8, 1, 8]: lanes 1, group 8. Plain,
+  LLVM widened both operands to 32-bit lanes and multiplied there;
 - the weights packed as [N / lanes, K / group, lanes, group] once at compile time (they are
   constants).
 
@@ -29,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from mnv2_edge.compile.schedules.intrinsics import registered
 
 # The packed kernel's reduction block, by the layer it comes from: how the schedule rule finds it
 # and the tuner tells a 1x1 conv from the classifier.
@@ -56,19 +64,24 @@ VNNI_512 = DotForm(16, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.512", 2, 1)
 VNNI_256 = DotForm(8, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.256", 2, 1)  # also AVX-VNNI's encoding
 MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd", 2, 2)
 SDOT_128 = DotForm(4, 4, "int8", 0, "llvm.aarch64.neon.sdot.v4i32.v16i8", 1, 1)  # Armv8.2 dotprod
-FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128)}
+# NEON without dotprod: one output channel per 4-lane vector of partial sums (default_schedules'
+# _schedule_lane_sums: lane_sums_intrinsic, then lane_totals_intrinsic)
+SMULL_SADALP = DotForm(1, 8, "int8", 0, "llvm.aarch64.neon.saddlp.v4i32.v8i16", 1, 2)
+FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128, SMULL_SADALP)}
+PARTIAL_LANES = 4  # SMULL_SADALP's partial sums per output: sadalp's int32 lanes
+LANE_SUMS = "_lanes"  # the suffix of the block adding them (lane_sums_block)
 
 
 def dot_forms(target) -> list[DotForm]:
     """The forms this target has, best first: AVX-512 VNNI, AVX-VNNI, else AVX2's vpmaddwd; on
-    AArch64 with the dot-product extension, sdot."""
+    AArch64 with the dot-product extension sdot, else smull and sadalp."""
     from mnv2_edge.compile.schedules.cpu import CPUShape
 
     if str(target.kind) != "llvm":
         return []
     cpu = CPUShape.of(target)
-    if cpu.int8_dot:
-        return [SDOT_128]
+    if cpu.arch == "aarch64":
+        return [SDOT_128] if cpu.int8_dot else [SMULL_SADALP]
     if {"avx512vnni", "avx512vl"} <= cpu.features:
         return [VNNI_512, VNNI_256]
     if "avxvnni" in cpu.features:
@@ -83,11 +96,8 @@ def intrinsic(form: DotForm) -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    try:
-        TensorIntrin.get(form.name)
+    if registered(form.name):
         return form.name
-    except ValueError:
-        pass
     lanes, group, wtype, shift = form.lanes, form.group, form.weight_dtype, form.shift
 
     @T.prim_func(s_tir=True)
@@ -153,11 +163,8 @@ def indexed_sdot_intrinsic() -> str:
     from tvm.script import tirx as T
 
     name = f"mnv2_dot_4x4_int8_indexed{INDEXED_GROUPS}"
-    try:
-        TensorIntrin.get(name)
+    if registered(name):
         return name
-    except ValueError:
-        pass
     groups, lanes, group = INDEXED_GROUPS, SDOT_128.lanes, SDOT_128.group
 
     @T.prim_func(s_tir=True)
@@ -199,10 +206,100 @@ def indexed_sdot_intrinsic() -> str:
     return name
 
 
+def lane_sums_intrinsic() -> str:
+    """The tensor intrinsic C[q] += sum_t A[2q + t] B[2q + t], q < 4, t < 2: 8 int8 products of one
+    output channel (`smull v.8h, a.8b, w.8b`), added pairwise into its 4 partial sums (`sadalp`)."""
+    from tvm import tirx
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    form, lanes = SMULL_SADALP, PARTIAL_LANES
+    group, pair = form.group, form.group // PARTIAL_LANES
+    name = f"{form.name}_lane_sums"
+    if registered(name):
+        return name
+
+    @T.prim_func(s_tir=True)
+    def description(A: T.Buffer((group,), "int8", offset_factor=1), B: T.Buffer((group,), "int8", offset_factor=1),
+                    C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:group])
+            T.writes(C[0:lanes])
+            for q in T.serial(0, lanes):
+                for t in T.serial(0, pair):
+                    with T.sblock("update"):
+                        vq, vt = T.axis.remap("SR", [q, t])
+                        C[vq] = C[vq] + T.Cast("int32", A[vq * pair + vt]) * T.Cast("int32", B[vq * pair + vt])
+
+    def sums(A, B, C):
+        # int8 x int8 fits 16 bits: LLVM makes the widening multiply one smull, the pairwise add sadalp
+        products = A.vload([0], f"int8x{group}").astype(f"int16x{group}") * \
+            B.vload([0], f"int8x{group}").astype(f"int16x{group}")
+        return C.vload([0], f"int32x{lanes}") + tirx.call_llvm_pure_intrin(f"int32x{lanes}", form.instruction, products)
+
+    @T.prim_func(s_tir=True)
+    def implementation(A: T.Buffer((group,), "int8", offset_factor=1), B: T.Buffer((group,), "int8", offset_factor=1),
+                       C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:group])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = sums(A, B, C)
+
+    TensorIntrin.register(name, description, implementation)
+    return name
+
+
+def lane_totals_intrinsic() -> str:
+    """The tensor intrinsic C[c] += sum_q P[c, q], c < 4, q < 4: four outputs' partial sums added
+    into one vector by three `addp` (pairwise adds), as XNNPACK's c8 kernels end, where LLVM moved
+    lanes one by one (about 40 instructions for 16 outputs, against 12)."""
+    from tvm import tirx
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes = PARTIAL_LANES
+    name = f"{SMULL_SADALP.name}_lane_totals"
+    if registered(name):
+        return name
+
+    @T.prim_func(s_tir=True)
+    def description(P: T.Buffer((lanes, lanes), "int32", offset_factor=1),
+                    C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], P[0:lanes, 0:lanes])
+            T.writes(C[0:lanes])
+            for c in T.serial(0, lanes):
+                for q in T.serial(0, lanes):
+                    with T.sblock("update"):
+                        vc, vq = T.axis.remap("SR", [c, q])
+                        C[vc] = C[vc] + P[vc, vq]
+
+    def totals(P, C):
+        def pairwise(a, b):
+            return tirx.call_llvm_pure_intrin(f"int32x{lanes}", "llvm.aarch64.neon.addp.v4i32", a, b)
+
+        rows = [P.vload([c, 0], f"int32x{lanes}") for c in range(lanes)]
+        return C.vload([0], f"int32x{lanes}") + pairwise(pairwise(rows[0], rows[1]), pairwise(rows[2], rows[3]))
+
+    @T.prim_func(s_tir=True)
+    def implementation(P: T.Buffer((lanes, lanes), "int32", offset_factor=1),
+                       C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], P[0:lanes, 0:lanes])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = totals(P, C)
+
+    TensorIntrin.register(name, description, implementation)
+    return name
+
+
 def register_intrinsics() -> None:
     for form in FORMS.values():
-        intrinsic(form)
+        if form is not SMULL_SADALP:  # its own kernel: lane_sums_intrinsic
+            intrinsic(form)
     indexed_sdot_intrinsic()
+    lane_sums_intrinsic()
+    lane_totals_intrinsic()
 
 
 def _shifted(x, shift: int):
@@ -238,8 +335,19 @@ def _packed_conv(data, packed, shift: int, name: str, kernel=(1, 1), stride=(1, 
         tap = r // 4
         return data[b, h * sh + tap // kw, (w * sw + tap % kw) * pixel_bytes + r % 4]
 
+    out_shape = (batch, (height - kh) // sh + 1, (width - kw) // sw + 1, blocks * lanes)
+    if (lanes, group) == (SMULL_SADALP.lanes, SMULL_SADALP.group):
+        # 4 partial sums per output (each lane 2 of every 8 input channels), added at the end
+        steps, pair = te.reduce_axis((0, kh * kw * depth // group), name="k"), te.reduce_axis((0, group // PARTIAL_LANES),
+                                                                                             name="t")
+        partial = te.compute((*out_shape, PARTIAL_LANES), lambda b, h, w, n, q: te.sum(
+            pixel(b, h, w, steps * group + q * (group // PARTIAL_LANES) + pair).astype("int32")
+            * packed[n, steps, 0, q * (group // PARTIAL_LANES) + pair].astype("int32"), axis=[steps, pair]), name=name)
+        lane = te.reduce_axis((0, PARTIAL_LANES), name="lane")
+        return te.compute(out_shape, lambda b, h, w, n: te.sum(partial[b, h, w, n, lane], axis=lane),
+                          name=name + LANE_SUMS)
     return te.compute(
-        (batch, (height - kh) // sh + 1, (width - kw) // sw + 1, blocks * lanes),
+        out_shape,
         lambda b, h, w, n: te.sum(_shifted(pixel(b, h, w, r).astype("int32"), shift)
                                   * packed[n // lanes, r // group, n % lanes, r % group].astype("int32"), axis=r),
         name=name)
@@ -307,15 +415,17 @@ def _dense_weight(call) -> np.ndarray | None:
 
 
 def _form_for(weight: np.ndarray, forms: list[DotForm]) -> DotForm | None:
-    """The first form whose lanes and group divide the output and input channels."""
+    """The first form whose lanes and group divide the output and input channels (SMULL_SADALP's
+    kernel adds its partial sums 4 outputs at a time)."""
     _, _, k, n = weight.shape
-    return next((f for f in forms if n % f.lanes == 0 and k % f.group == 0), None)
+    return next((f for f in forms if n % (PARTIAL_LANES if f is SMULL_SADALP else f.lanes) == 0
+                 and k % f.group == 0), None)
 
 
 def pack_dot_products(target):
     """The Relax pass (before legalization): int8 1x1 convs, fully connected layers and stems ->
-    packed dot-product form on x86 targets with AVX2 or VNNI and AArch64 ones with dotprod; on others
-    it changes nothing."""
+    packed dot-product form on x86 targets with AVX2 or VNNI and on AArch64; on others it changes
+    nothing."""
     import tvm
     from tvm import relax
 
@@ -360,6 +470,12 @@ def pack_dot_products(target):
         return packer.builder_.get()
 
     return pack
+
+
+def lane_sums_block(block_name: str) -> bool:
+    """The block adding each output's partial sums of a SMULL_SADALP kernel: a reduction (over 4
+    lanes) that belongs to the kernel's epilogue, not a kernel of its own."""
+    return packed_layer(block_name) is not None and block_name.endswith(LANE_SUMS)
 
 
 def packed_layer(block_name: str) -> str | None:

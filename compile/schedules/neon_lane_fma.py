@@ -11,6 +11,8 @@ vector's lane.
 
 from __future__ import annotations
 
+from mnv2_edge.compile.schedules.intrinsics import registered
+
 STEP = 4  # input channels a step: the lanes of one 16-byte load of float32
 
 
@@ -22,11 +24,8 @@ def intrinsic(lanes: int) -> str:
     from tvm.script import tirx as T
 
     name = f"mnv2_fma_lane_{STEP}x{lanes}_float32"
-    try:
-        TensorIntrin.get(name)
+    if registered(name):
         return name
-    except ValueError:
-        pass
 
     @T.prim_func(s_tir=True)
     def description(a: T.handle, b: T.handle, c: T.handle) -> None:
