@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +160,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
     calls = [weights[tuning.workload_key(task)] for task, _ in tasks]
     steps = [f"[{index}/{len(tasks)}] {task.task_name} ({kind}, x{n})"
              for index, ((task, kind), n) in enumerate(zip(tasks, calls), 1)]
+    interrupted = _InterruptBetweenSteps(request.estimator is not None)
     try:
         # First the baseline the search must beat, for every task (about a second each), so that a
         # --minutes stop still leaves no task whose records are slower than its default schedule.
@@ -183,6 +186,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         # Then what other workloads' records give when replayed at this task's sizes, for every task
         # not searched yet: a --minutes stop leaves those it does not reach with the best of these.
         for step, (task, _) in zip(steps, tasks):
+            interrupted.check()
             if not tuning.searched_trials(db_path, task):
                 transfer_records(transfer_sources, task, target, builder, runner, database, db_path, step, progress)
         if request.trials == 0:
@@ -195,6 +199,7 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         trials_left = sum(max(request.trials - tuning.trials_done(db_path, database, task, request.trials), 0)
                           for task, _ in tasks)
         for step, weight, (task, kind) in zip(steps, calls, tasks):
+            interrupted.check()
             have = tuning.trials_done(db_path, database, task, request.trials)
             if have >= request.trials:
                 report.tasks.append(TaskReport(task.task_name, kind, weight, have,
@@ -229,8 +234,33 @@ def tune(request: TuneRequest, progress=print) -> TuneReport:
         dropped = tuning.repair_database(db_path)
         progress(f"[tune] interrupted: database {db_path} is valid ({dropped} cut lines dropped); rerun to resume")
         raise
+    finally:
+        interrupted.restore()
     report.seconds = time.monotonic() - started
     return report
+
+
+class _InterruptBetweenSteps:
+    """Ctrl-C while an estimator times candidates: it runs them in this process's callbacks, where
+    TVM turns the KeyboardInterrupt into one failed candidate and goes on (the search never stopped).
+    Here the signal is noted and raised at the next step (a task or a transfer). Other runners time
+    candidates elsewhere, and Ctrl-C stops them at once as before."""
+
+    def __init__(self, active: bool):
+        self.pending = False
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.previous = signal.signal(signal.SIGINT, self._note) if self.active else None
+
+    def _note(self, signum, frame) -> None:
+        self.pending = True
+
+    def check(self) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def seed_default_schedules(tasks, target, builder, runner, database) -> list[tuple[str, float | None] | None]:
