@@ -76,12 +76,8 @@ def memory_table(comparisons) -> str:
         lines.append(f"| {c.ours.model} | {c.ours.core} {c.ours.clock_ghz:g} GHz | {ours.ms_on_threads[0]:.2f} "
                      f"| {litert.ms_on_threads[0]:.2f} | {c.memory_ratio:.2f}x | {threads} | {ours.ms_on_threads[-1]:.2f} "
                      f"| {litert.ms_on_threads[-1]:.2f} | {ours.ms_on_threads[-1] / litert.ms_on_threads[-1]:.2f}x "
-                     f"| {_from_memory_mb(ours):.1f} | {_from_memory_mb(litert):.1f} |")
+                     f"| {ours.memory_mb:.1f} | {litert.memory_mb:.1f} |")
     return "\n".join(lines) + f"\n\nEstimated with the memory model, which leaves out: {MEMORY_LEAVES_OUT}.\n"
-
-
-def _from_memory_mb(memory) -> float:
-    return sum(mb for flow, mb in memory.traffic_mb.items() if "memory" in flow)
 
 
 def main(argv=None) -> int:

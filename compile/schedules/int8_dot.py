@@ -64,10 +64,11 @@ VNNI_512 = DotForm(16, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.512", 2, 1)
 VNNI_256 = DotForm(8, 4, "int8", 128, "llvm.x86.avx512.vpdpbusd.256", 2, 1)  # also AVX-VNNI's encoding
 MADD_256 = DotForm(8, 2, "int16", 0, "llvm.x86.avx2.pmadd.wd", 2, 2)
 SDOT_128 = DotForm(4, 4, "int8", 0, "llvm.aarch64.neon.sdot.v4i32.v16i8", 1, 1)  # Armv8.2 dotprod
-# NEON without dotprod: one output channel per 4-lane vector of partial sums (default_schedules'
-# _schedule_lane_sums: lane_sums_intrinsic, then lane_totals_intrinsic)
+# The forms whose products are one instruction per vector (intrinsic(form)): schedule_packed_dot
+FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128)}
+# NEON without dotprod: one output channel per 4-lane vector of partial sums, a kernel of its own
+# (default_schedules' _schedule_lane_sums: lane_sums_intrinsic, then lane_totals_intrinsic)
 SMULL_SADALP = DotForm(1, 8, "int8", 0, "llvm.aarch64.neon.saddlp.v4i32.v8i16", 1, 2)
-FORMS = {(f.lanes, f.group): f for f in (VNNI_512, VNNI_256, MADD_256, SDOT_128, SMULL_SADALP)}
 PARTIAL_LANES = 4  # SMULL_SADALP's partial sums per output: sadalp's int32 lanes
 LANE_SUMS = "_lanes"  # the suffix of the block adding them (lane_sums_block)
 
@@ -295,8 +296,7 @@ def lane_totals_intrinsic() -> str:
 
 def register_intrinsics() -> None:
     for form in FORMS.values():
-        if form is not SMULL_SADALP:  # its own kernel: lane_sums_intrinsic
-            intrinsic(form)
+        intrinsic(form)
     indexed_sdot_intrinsic()
     lane_sums_intrinsic()
     lane_totals_intrinsic()
@@ -338,11 +338,12 @@ def _packed_conv(data, packed, shift: int, name: str, kernel=(1, 1), stride=(1, 
     out_shape = (batch, (height - kh) // sh + 1, (width - kw) // sw + 1, blocks * lanes)
     if (lanes, group) == (SMULL_SADALP.lanes, SMULL_SADALP.group):
         # 4 partial sums per output (each lane 2 of every 8 input channels), added at the end
-        steps, pair = te.reduce_axis((0, kh * kw * depth // group), name="k"), te.reduce_axis((0, group // PARTIAL_LANES),
-                                                                                             name="t")
+        per_lane = group // PARTIAL_LANES
+        steps = te.reduce_axis((0, kh * kw * depth // group), name="k")
+        pair = te.reduce_axis((0, per_lane), name="t")
         partial = te.compute((*out_shape, PARTIAL_LANES), lambda b, h, w, n, q: te.sum(
-            pixel(b, h, w, steps * group + q * (group // PARTIAL_LANES) + pair).astype("int32")
-            * packed[n, steps, 0, q * (group // PARTIAL_LANES) + pair].astype("int32"), axis=[steps, pair]), name=name)
+            pixel(b, h, w, steps * group + q * per_lane + pair).astype("int32")
+            * packed[n, steps, 0, q * per_lane + pair].astype("int32"), axis=[steps, pair]), name=name)
         lane = te.reduce_axis((0, PARTIAL_LANES), name="lane")
         return te.compute(out_shape, lambda b, h, w, n: te.sum(partial[b, h, w, n, lane], axis=lane),
                           name=name + LANE_SUMS)

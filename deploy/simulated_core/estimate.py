@@ -64,6 +64,11 @@ class MemoryEstimate:
     memory: dict  # the profile's [core.memory] it used
     leaves_out: str = MEMORY_LEAVES_OUT
 
+    @property
+    def memory_mb(self) -> float:
+        """Megabytes moved between the last cache level and memory, both ways, per inference."""
+        return sum(mb for flow, mb in self.traffic_mb.items() if "memory" in flow)
+
 
 @dataclass
 class CoreEstimate:
@@ -193,10 +198,11 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
     if not core:
         raise UserError(f"Target {profile.name} has no simulated core ([core] in targets/{profile.name}.toml): "
                         f"estimates exist for aarch64 boards that name one (rasp4b, rasp5, arm_cpu).")
-    traffic = _Traffic(memory_model(profile), float(core["clock_ghz"]), profile.target.get("num-cores", 1)) \
-        if memory else None
+    clock_ghz = float(core["clock_ghz"])
+    hierarchy = memory_model(profile) if memory else None
+    traffic = hierarchy and _Traffic(hierarchy, clock_ghz, profile.target.get("num-cores", 1))
     counts = counting.count("tvm" if runtime == "ours" else "litert", model, inputs, core["qemu_cpu"],
-                            progress=progress, caches=traffic and memory_model(profile)["caches"])
+                            progress=progress, caches=hierarchy and hierarchy["caches"])
     blocks = counts.blocks
     text = cycles.disassemble([b.code for b in blocks])
     per_block = cycles.block_cycles(core["llvm_mcpu"], core["mattr"], text)
@@ -223,12 +229,11 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
             share.cycles += spent / len(instructions)
         if traffic:
             traffic.add(block, spent, counts.inferences)
-    clock_ghz = float(core["clock_ghz"])
     memory_estimate = traffic and MemoryEstimate(
-        {name: flow / 1e6 for name, flow in zip(traffic.names, traffic.bytes)},
-        [c / (clock_ghz * 1e6) for c in traffic.cycles_on], memory_model(profile))
+        {flow_name: flow / 1e6 for flow_name, flow in zip(traffic.names, traffic.bytes)},
+        [c / (clock_ghz * 1e6) for c in traffic.cycles_on], hierarchy)
     return CoreEstimate(model=name, runtime=runtime, core=core["name"], llvm_mcpu=core["llvm_mcpu"],
-                        qemu_cpu=core["qemu_cpu"], clock_ghz=float(core["clock_ghz"]),
+                        qemu_cpu=core["qemu_cpu"], clock_ghz=clock_ghz,
                         code_sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
                         instructions=total.instructions, cycles=total.cycles, by_class=by_class,
                         by_part=dict(sorted(by_part.items(), key=lambda kv: -kv[1].cycles)), blocks=kept,
