@@ -10,8 +10,10 @@ With the memory model (`memory=True`, the profile's [core.memory]), the same inf
 through a simulated hierarchy of the core's data caches (count_blocks.c: LRU, 64-byte lines, no
 prefetcher), and each block costs the larger of its cycles and the time its traffic takes at each
 level's bandwidth: a roofline per block (a loop overlaps its loads with its arithmetic; separate
-loops do not overlap). On n threads the cycles and the traffic from private levels divide by n,
-while memory's bandwidth is the board's, shared (MEMORY_LEAVES_OUT says what this leaves out).
+loops do not overlap). That is the estimate's fast end; its slow end adds each block's times instead
+(nothing overlapped: every transfer waits, as a miss the prefetchers did not foresee does). On n
+threads the cycles and the traffic from private levels divide by n, while memory's bandwidth is the
+board's, shared (MEMORY_LEAVES_OUT says what this leaves out).
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ LEAVES_OUT = ("an estimate from a simulated core (qemu-user instruction counts, 
               "not a measurement: one thread, every load an L1 hit (no cache misses or memory bandwidth), "
               "no branch mispredictions or call costs, nor the Python driver's calls and libc")
 MEMORY_LEAVES_OUT = ("the caches hold what one thread's run left them (no sharing between threads), no "
-                     "prefetcher and no latency (traffic costed at bandwidth, as if prefetched), every loop "
-                     "split evenly over the threads, one published figure for memory's bandwidth")
+                     "prefetcher and no latency (traffic costed at bandwidth: as if prefetched and overlapped with "
+                     "the arithmetic at the fast end, not overlapped at all at the slow end), every loop split "
+                     "evenly over the threads, one published figure for memory's bandwidth")
 RUNTIMES = ("ours", "litert")
 LINE_BYTES = 64
 CACHE = CACHE_ROOT / "simulated_core" / "estimates"
-SCHEMA = "mnv2-edge/core-estimate/6"
+SCHEMA = "mnv2-edge/core-estimate/7"
 # The guest's Python driver and libc (the interpreter's call into the runtime, tvm_ffi's Cython
 # core that makes it, its allocator): not the inference, and not deterministic either (a few
 # hundred instructions that vary with the heap the process's paths and environment left before the
@@ -58,9 +61,11 @@ class Part:
 @dataclass
 class MemoryEstimate:
     """One inference with the core's data caches simulated ([core.memory] of the profile): the bytes
-    that moved between levels, and the time on 1 .. num-cores threads (roofline per block)."""
+    that moved between levels, and the time on 1 .. num-cores threads: the fast end (a roofline per
+    block, its transfers overlapped with its arithmetic) and the slow end (nothing overlapped)."""
     traffic_mb: dict[str, float]  # per inference, e.g. "L2 -> L1", "memory -> L2", "L2 -> memory"
-    ms_on_threads: list[float]  # [1 thread, 2 threads, ...]
+    ms_on_threads: list[float]  # [1 thread, 2 threads, ...], each block the larger of its times
+    ms_on_threads_no_overlap: list[float]  # the same, each block the sum of its times
     memory: dict  # the profile's [core.memory] it used
     leaves_out: str = MEMORY_LEAVES_OUT
 
@@ -169,7 +174,8 @@ def memory_model(profile: Profile) -> dict:
 
 
 class _Traffic:
-    """Each block's bytes between the cache levels and memory, and its roofline time on n threads."""
+    """Each block's bytes between the cache levels and memory, and its time on n threads: the larger of
+    its cycles and its transfers' (overlapped), and their sum (not)."""
 
     def __init__(self, memory: dict, clock_ghz: float, threads: int):
         caches = memory["caches"]
@@ -179,6 +185,7 @@ class _Traffic:
         self.memory_rate = memory["memory_gb_per_s"] / clock_ghz  # the board's, shared, both ways
         self.bytes = [0.0] * len(self.names)
         self.cycles_on = [0.0] * threads
+        self.cycles_no_overlap_on = [0.0] * threads
 
     def add(self, block: counting.Block, compute: float, inferences: int) -> None:
         flows = [fills * LINE_BYTES / inferences for fills in block.fills] + [block.writebacks * LINE_BYTES / inferences]
@@ -188,6 +195,7 @@ class _Traffic:
         to_memory = (flows[-2] + flows[-1]) / self.memory_rate
         for n in range(1, len(self.cycles_on) + 1):
             self.cycles_on[n - 1] += max(compute / n, *(t / n for t in between_levels), to_memory)
+            self.cycles_no_overlap_on[n - 1] += (compute + sum(between_levels)) / n + to_memory
 
 
 def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dict[str, str], name: str,
@@ -231,7 +239,8 @@ def simulate(runtime: str, model: Path, inputs, profile: Profile, schedules: dic
             traffic.add(block, spent, counts.inferences)
     memory_estimate = traffic and MemoryEstimate(
         {flow_name: flow / 1e6 for flow_name, flow in zip(traffic.names, traffic.bytes)},
-        [c / (clock_ghz * 1e6) for c in traffic.cycles_on], hierarchy)
+        [c / (clock_ghz * 1e6) for c in traffic.cycles_on], [c / (clock_ghz * 1e6) for c in traffic.cycles_no_overlap_on],
+        hierarchy)
     return CoreEstimate(model=name, runtime=runtime, core=core["name"], llvm_mcpu=core["llvm_mcpu"],
                         qemu_cpu=core["qemu_cpu"], clock_ghz=clock_ghz,
                         code_sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
