@@ -39,10 +39,11 @@ class Candidate:
         return f"{self.width:g}/{self.resolution}"
 
 
-def candidates(results: Path, dtype: str) -> list[Candidate]:
-    """One candidate per official variant with a latency: a real board's median if a sweep measured
-    it (the latest), else the simulated core's estimate of ours (the latest; the memory model's slow
-    end on all the profile's threads where the estimate has it)."""
+def candidates(results: Path, dtype: str, target: str) -> list[Candidate]:
+    """One candidate per official variant with a latency on `target`: a real board's median if a sweep
+    measured it (the latest), else the simulated core's estimate of ours (the latest; the memory
+    model's slow end on all the profile's threads where the estimate has it). A results folder may
+    hold other targets' rows (one --results for several boards): they are not this board's."""
     from mnv2_edge.deploy import results as results_file
 
     found: dict[tuple[float, int], Candidate] = {}
@@ -54,7 +55,7 @@ def candidates(results: Path, dtype: str) -> list[Candidate]:
             except json.JSONDecodeError:
                 continue
             key = (row.get("width"), row.get("resolution"))
-            if row.get("dtype") == dtype and key in OFFICIAL_TABLE:
+            if row.get("target") == target and row.get("dtype") == dtype and key in OFFICIAL_TABLE:
                 ours = row["ours"]
                 core = f"estimated: simulated {ours['core']} at {ours['clock_ghz']:g} GHz"
                 on_threads = (ours.get("memory") or {}).get("ms_on_threads_no_overlap")
@@ -64,8 +65,8 @@ def candidates(results: Path, dtype: str) -> list[Candidate]:
                               if on_threads else Candidate(*key, OFFICIAL_TABLE[key].top1, ours["ms"], f"{core}, 1 thread"))
     for result in sorted(results_file.load(results / "results.jsonl"), key=lambda r: r.finished_at):
         key = (result.width, result.resolution)
-        if (result.dtype == dtype and key in OFFICIAL_TABLE and result.status == "ok" and result.latency
-                and not result.emulated):
+        if (result.target == target and result.dtype == dtype and key in OFFICIAL_TABLE and result.status == "ok"
+                and result.latency and not result.emulated):
             found[key] = Candidate(*key, OFFICIAL_TABLE[key].top1, result.latency.median_ms,
                                    f"measured on {result.device} ({result.threads or '?'} threads, median)")
     return sorted(found.values(), key=lambda c: (c.latency_ms, -c.top1))
@@ -100,9 +101,9 @@ def main(argv=None) -> int:
 
     load_profile(args.target)  # unknown targets fail here, with the list of known ones
     results = args.results or Path("results") / args.target
-    rows = candidates(results, args.dtype)
+    rows = candidates(results, args.dtype, args.target)
     if not rows:
-        raise UserError(f"No {args.dtype} latencies of the official variants in {results} (results.jsonl from "
+        raise UserError(f"No {args.dtype} latencies of the official variants on {args.target} in {results} (results.jsonl from "
                         f"mnv2-bench on a board, or estimates.jsonl from mnv2-estimate). Make some first, e.g. "
                         f"`mnv2-estimate --target {args.target} --all-official --dtype {args.dtype}`.")
     front = set(pareto_front(rows))

@@ -190,16 +190,17 @@ def test_the_memory_model_streams_the_weights_the_caches_cannot_hold(built):
         assert all(a >= b for a, b in zip(slow, slow[1:])) and slow[-1] >= floor_ms + result.ms / len(slow), slow
 
 
-def _write_estimates(folder: Path, rows: list[tuple[float, int, float]], memory: dict | None = None) -> None:
+def _write_estimates(folder: Path, rows: list[tuple[float, int, float]], memory: dict | None = None,
+                     target: str = "rasp4b") -> None:
     """Estimates of one thread, and for the variants in `memory` the memory model's on 1..4 threads."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "estimates.jsonl", "w") as out:
+    with open(folder / "estimates.jsonl", "a") as out:
         for width, resolution, ms in rows:
             core = {"ms": ms, "core": "Cortex-A72", "clock_ghz": 1.5}
             if (width, resolution) in (memory or {}):
                 core["memory"] = {"ms_on_threads": [ms - 5 for ms in memory[width, resolution]],
                                   "ms_on_threads_no_overlap": memory[width, resolution]}
-            out.write(json.dumps({"target": "rasp4b", "width": width, "resolution": resolution, "dtype": "float32",
+            out.write(json.dumps({"target": target, "width": width, "resolution": resolution, "dtype": "float32",
                                   "ours": core, "litert": core}) + "\n")
 
 
@@ -223,6 +224,17 @@ def test_pick_takes_the_memory_models_time_on_all_the_boards_threads_where_there
     assert chosen.returncode == 0, chosen.stderr
     assert ("pick: 1/224 (71.8% top-1, 21.00 ms, estimated: simulated Cortex-A72 at 1.5 GHz with its caches and "
             "memory, 4 threads, nothing overlapped)") in chosen.stdout
+
+
+def test_pick_takes_only_the_targets_own_rows_from_a_shared_results_folder(tmp_path):
+    _write_estimates(tmp_path, [(1.0, 224, 40.0), (0.35, 96, 3.0)])
+    _write_estimates(tmp_path, [(1.0, 224, 9.0), (1.4, 224, 15.0)], target="rasp5")  # a faster board's rows
+    chosen = run_cli("deploy/pick.py", "--target", "rasp4b", "--budget-ms", "20", "--results", tmp_path)
+    assert chosen.returncode == 0, chosen.stderr
+    assert "pick: 0.35/96 (45.5% top-1, 3.00 ms" in chosen.stdout and "1.4/224" not in chosen.stdout
+    assert "20 of the 22 variants have no latency here yet" in chosen.stdout
+    assert_clean_error(run_cli("deploy/pick.py", "--target", "rasp3b", "--budget-ms", "20", "--results", tmp_path),
+                       "no float32 latencies of the official variants on rasp3b")
 
 
 def test_pick_and_estimate_refuse_what_they_cannot_answer(tmp_path):
