@@ -66,13 +66,18 @@ def requests(target: str, dtype: str, variants: str | None):
 
 def summary(rows, memory: bool = False) -> str:
     """The ratios' median and range: the estimate's, or with `memory` the memory model's on one thread
-    (its fast end, then its slow end)."""
-    if memory:
-        slow = sorted(c.ours.memory.ms_on_threads_no_overlap[0] / c.litert.memory.ms_on_threads_no_overlap[0]
-                      for c in rows)
-        return (f"{summary_of(rows, lambda c: c.memory_ratio)}; nothing overlapped: median "
-                f"{statistics.median(slow):.2f}x, {slow[0]:.2f}x-{slow[-1]:.2f}x")
-    return summary_of(rows, lambda c: c.ratio)
+    (its fast end, then its slow end) and on all the profile's threads."""
+    if not memory:
+        return summary_of(rows, lambda c: c.ratio)
+
+    def spread(end: str, index: int) -> str:
+        ratios = sorted(getattr(c.ours.memory, end)[index] / getattr(c.litert.memory, end)[index] for c in rows)
+        return f"median {statistics.median(ratios):.2f}x, {ratios[0]:.2f}x-{ratios[-1]:.2f}x"
+
+    threads = min(len(c.ours.memory.ms_on_threads) for c in rows)
+    return (f"{summary_of(rows, lambda c: c.memory_ratio)}; nothing overlapped: {spread('ms_on_threads_no_overlap', 0)}. "
+            f"On {threads} threads: {spread('ms_on_threads', threads - 1)}; nothing overlapped: "
+            f"{spread('ms_on_threads_no_overlap', threads - 1)}")
 
 
 def summary_of(rows, ratio) -> str:
