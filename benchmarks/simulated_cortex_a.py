@@ -16,7 +16,9 @@ ratio), and against XNNPACK's published Raspberry Pi 4 figures (end-to-end Mobil
 4 cores: float32 46 ms, int8 17 ms), our one-thread estimate divided by 4 as if threads scaled ideally,
 and with --memory the memory model's estimate on 4 threads (the core's data caches simulated,
 memory's bandwidth shared by the threads: deploy/simulated_core/estimate.py), from its fast end
-(each loop's transfers overlapped with its arithmetic) to its slow end (nothing overlapped).
+(each loop's transfers overlapped with its arithmetic) to its slow end (nothing overlapped); and
+against XNNPACK's published Pixel 3a figure (one thread of a Cortex-A75-class core at 2.0 GHz: 55
+ms), which LLVM models as it does the A72.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from mnv2_edge.targets.errors import UserError
 from mnv2_edge.targets.profiles import load_profile
 
 XNNPACK_PI4_4_THREADS_MS = {"float32": 46.0, "int8": 17.0}  # XNNPACK's README, end2end benchmark, arm64
+# XNNPACK's README (end2end_bench, March 2020): MobileNetV2 1.0/224 float32 on one thread of a Pixel 3a,
+# whose big core is a Cortex-A75 derivative at 2.0 GHz. LLVM gives cortex-a75 the A57's scheduling
+# model, the one it gives the A72, so the A72's estimated cycles at that clock are its estimate.
+XNNPACK_PIXEL3A_1_THREAD = {"ms": 55.0, "clock_ghz": 2.0}
 
 
 def _ranks(values: list[float]) -> list[int]:
@@ -102,6 +108,13 @@ def checks(rows) -> list[str]:
                      f"estimated from {spread[0]:.2f} to {spread[-1]:.2f} (median {statistics.median(spread):.2f}): "
                      f"a constant ratio means the estimate scales the variants as the real core does")
     for c in rows:
+        if (c.width, c.resolution, c.dtype) == (1.0, 224, "float32") and c.litert.llvm_mcpu == "cortex-a72":
+            published, clock = XNNPACK_PIXEL3A_1_THREAD["ms"], XNNPACK_PIXEL3A_1_THREAD["clock_ghz"]
+            at_clock = c.litert.cycles / (clock * 1e6)
+            lines.append(f"XNNPACK on a Pixel 3a, 1.0/224 float32: published {published:g} ms on one thread of its "
+                         f"Cortex-A75-class core at {clock:g} GHz; LLVM models the A75 as it does the A72 (the A57's "
+                         f"model), so the A72 estimate's cycles at {clock:g} GHz: {at_clock:.1f} ms "
+                         f"({100 * (at_clock / published - 1):+.0f}%; XNNPACK's kernels for an A72, every load an L1 hit)")
         if (c.width, c.resolution) == (1.0, 224) and c.target == "rasp4b" and c.dtype in XNNPACK_PI4_4_THREADS_MS:
             published = XNNPACK_PI4_4_THREADS_MS[c.dtype]
             lines.append(f"XNNPACK on a Pi 4, 1.0/224 {c.dtype}: published {published:g} ms on 4 threads; "

@@ -272,6 +272,13 @@ def test_the_benchmarks_pixel1_check_ranks_each_core_apart():
     assert len(lines) == 2
     assert "Cortex-A72" in lines[0] and "(22 float32 variants): rank correlation 1.000" in lines[0]
     assert "from 2.00 to 2.00" in lines[0] and "Cortex-A76" in lines[1] and "from 4.00 to 4.00" in lines[1]
+    assert not [line for line in benchmark.checks(rows) if "Pixel 3a" in line]  # no LLVM core named: no check
+
+    # The Pixel 3a's A75 has the A72's LLVM model: 132 M cycles are 66 ms at its 2.0 GHz, 20% over 55 ms.
+    a72 = estimate.CoreEstimate("m", "litert", "Cortex-A72", "cortex-a72", "cortex-a72", 1.5, "", 1.0, 132e6)
+    (line,) = [line for line in benchmark.checks([estimate.Comparison("rasp4b", 1.0, 224, "float32", a72, a72)])
+               if "Pixel 3a" in line]
+    assert "published 55 ms" in line and "at 2 GHz: 66.0 ms (+20%" in line
 
 
 @needs_tools
