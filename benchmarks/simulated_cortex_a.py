@@ -76,14 +76,13 @@ def summary(rows, memory: bool = False) -> str:
     if not memory:
         return summary_of(rows, lambda c: c.ratio)
 
-    def spread(end: str, index: int) -> str:
-        ratios = sorted(getattr(c.ours.memory, end)[index] / getattr(c.litert.memory, end)[index] for c in rows)
+    def spread(index: int, end: int) -> str:  # end 0: the fast end, 1: the slow end
+        ratios = sorted(c.memory_ratios(index)[end] for c in rows)
         return f"median {statistics.median(ratios):.2f}x, {ratios[0]:.2f}x-{ratios[-1]:.2f}x"
 
     threads = min(len(c.ours.memory.ms_on_threads) for c in rows)
-    return (f"{summary_of(rows, lambda c: c.memory_ratio)}; nothing overlapped: {spread('ms_on_threads_no_overlap', 0)}. "
-            f"On {threads} threads: {spread('ms_on_threads', threads - 1)}; nothing overlapped: "
-            f"{spread('ms_on_threads_no_overlap', threads - 1)}")
+    return (f"{summary_of(rows, lambda c: c.memory_ratio)}; nothing overlapped: {spread(0, 1)}. "
+            f"On {threads} threads: {spread(threads - 1, 0)}; nothing overlapped: {spread(threads - 1, 1)}")
 
 
 def summary_of(rows, ratio) -> str:

@@ -8,8 +8,9 @@ LLVM's scheduling model of the core), one thread.
     python deploy/estimate.py --tune --target rasp5 --width 1.0 --res 224 --dtype int8 --trials 16
 
 With --memory: the same inferences also run through the core's simulated data caches (the
-profile's [core.memory]: sizes, ways, bandwidths), each loop costed at the larger of its cycles and
-its traffic's time, and the time on 1 to num-cores threads (memory's bandwidth shared by them).
+profile's [core.memory]: sizes, ways, bandwidths), and the time on 1 to num-cores threads (memory's
+bandwidth shared by them) is a range: each loop costed at the larger of its cycles and its traffic's
+time (fast end: overlapped) to their sum (slow end: nothing overlapped).
 
 With --tune: MetaSchedule tunes the model's kernels into tuning_logs/<target>/ (as compile/tune.py
 does, with its search flags) with each candidate timed by this estimate instead of a board: no
@@ -74,12 +75,11 @@ def memory_table(comparisons) -> str:
     for c in rows:
         ours, litert = c.ours.memory, c.litert.memory
         for index in sorted({0, len(ours.ms_on_threads) - 1}):
-            fast = ours.ms_on_threads[index], litert.ms_on_threads[index]
-            slow = ours.ms_on_threads_no_overlap[index], litert.ms_on_threads_no_overlap[index]
+            fast_ratio, slow_ratio = c.memory_ratios(index)
             lines.append(f"| {c.ours.model} | {c.ours.core} {c.ours.clock_ghz:g} GHz | {index + 1} "
-                         f"| {fast[0]:.2f}-{slow[0]:.2f} | {fast[1]:.2f}-{slow[1]:.2f} "
-                         f"| {fast[0] / fast[1]:.2f}x-{slow[0] / slow[1]:.2f}x "
-                         f"| {ours.memory_mb:.1f} | {litert.memory_mb:.1f} |")
+                         f"| {ours.ms_on_threads[index]:.2f}-{ours.ms_on_threads_no_overlap[index]:.2f} "
+                         f"| {litert.ms_on_threads[index]:.2f}-{litert.ms_on_threads_no_overlap[index]:.2f} "
+                         f"| {fast_ratio:.2f}x-{slow_ratio:.2f}x | {ours.memory_mb:.1f} | {litert.memory_mb:.1f} |")
     return "\n".join(lines) + ("\n\nEstimated with the memory model, from its fast end (each loop's transfers overlapped "
                                f"with its arithmetic) to its slow end (nothing overlapped); it leaves out: {MEMORY_LEAVES_OUT}.\n")
 

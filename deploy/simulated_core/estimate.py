@@ -295,10 +295,14 @@ class Comparison:
 
     @property
     def memory_ratio(self) -> float | None:
-        """Ours over LiteRT on one thread with the memory model, where both have it."""
-        if self.ours.memory and self.litert.memory:
-            return self.ours.memory.ms_on_threads[0] / self.litert.memory.ms_on_threads[0]
-        return None
+        """Ours over LiteRT on one thread with the memory model (its fast end), where both have it."""
+        return self.memory_ratios(0)[0] if self.ours.memory and self.litert.memory else None
+
+    def memory_ratios(self, thread_index: int) -> tuple[float, float]:
+        """Ours over LiteRT with the memory model on thread_index + 1 threads: at the fast end, at the slow end."""
+        ours, litert = self.ours.memory, self.litert.memory
+        return (ours.ms_on_threads[thread_index] / litert.ms_on_threads[thread_index],
+                ours.ms_on_threads_no_overlap[thread_index] / litert.ms_on_threads_no_overlap[thread_index])
 
     def to_dict(self) -> dict:
         return {"target": self.target, "width": self.width, "resolution": self.resolution, "dtype": self.dtype,
