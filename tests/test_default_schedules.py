@@ -279,7 +279,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     8-lane ones; an odd width (11) has no even pixel block. On AArch64 48 input channels take sdot by lane
     index (16 a step), 40 the broadcast form; without dotprod (the Pi 4's A72) 8 products of an output
     channel per smull, added pairwise into its 4 partial sums by sadalp, and the stem (36 products a
-    pixel, not whole steps of 8) stays plain. A target without AVX2 keeps the plain conv and matmul.
+    pixel, not whole steps of 8) stays plain, each input byte spread by ldrsb and dup for smlal
+    (neon_widening). A target without AVX2 keeps the plain conv and matmul.
     Compiled for every target; run where this CPU can."""
     import subprocess
 
@@ -321,6 +322,10 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                                  capture_output=True, text=True, check=True).stdout
         if instruction == "sadalp" and layer == "stem":  # 36 products a pixel, not whole steps of 8: plain
             assert "PointwiseDot" not in applied.values(), applied
+            # each input byte loaded sign-extended and spread (neon_widening), its products by smlal
+            assert re.search(r"\sldu?rsb\s+w\d+", listing) and re.search(r"\sdup\s+v\d+\.4h, w\d+", listing)
+            assert re.search(r"\ssmlal\s+v\d+\.4s, v\d+\.4h, v\d+\.4h", listing)
+            assert not re.search(r"\sshl\s+v\d+\.4s, v\d+\.4s, #24", listing)  # no byte sign-extended in 32-bit lanes
         elif instruction:
             register = "v" if arm else "zmm" if forms[0].lanes == 16 and channels % 16 == 0 else "ymm"
             assert "PointwiseDot" in applied.values(), applied
@@ -421,3 +426,37 @@ def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
                              capture_output=True, text=True, check=True).stdout
     assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v\d+\.2d", listing)
     assert re.search(r"\ssrshl\s+v\d+\.4s", listing)
+
+
+def test_neon_widening_only_for_an_8bit_broadcast_times_8bit_lanes():
+    """compile/schedules/neon_widening.py: Broadcast(Cast(int32, x)) * Cast(int32xN, w), x and w 8-bit,
+    in either order, becomes smull of int16 lanes (4-lane slices); a 16-bit operand, two vectors, two
+    broadcasts or lanes NEON's slices do not cover keep the plain product."""
+    from tvm import tirx
+
+    from mnv2_edge.compile.schedules import neon_widening
+
+    def load(name: str, dtype: str, lanes: int = 1):
+        buffer = tirx.decl_buffer((64,), dtype, name=name)
+        index = tirx.IntImm("int32", 0) if lanes == 1 else tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), lanes)
+        return tirx.BufferLoad(buffer, [index])
+
+    def product(x_dtype: str, w_dtype: str, lanes: int, swapped: bool = False, spread: bool = True):
+        x = tirx.Cast("int32", load("x", x_dtype))
+        x = tirx.Broadcast(x, lanes) if spread else tirx.Cast(f"int32x{lanes}", load("x", x_dtype, lanes))
+        w = tirx.Cast(f"int32x{lanes}", load("w", w_dtype, lanes))
+        return tirx.Mul(w, x) if swapped else tirx.Mul(x, w)
+
+    def rewritten(mul) -> str:
+        out = tirx.decl_buffer((64,), mul.ty.dtype.split("x")[0], name="out")
+        at = [tirx.Ramp(tirx.IntImm("int32", 0), tirx.IntImm("int32", 1), int(mul.ty.dtype.split("x")[1]))]
+        return str(neon_widening.rewrite(tirx.PrimFunc([out], tirx.BufferStore(out, mul, at))))
+
+    assert neon_widening.broadcast_product_operands(product("int8", "int8", 4)) is not None
+    assert neon_widening.broadcast_product_operands(product("uint8", "int8", 4, swapped=True)) is not None
+    for other in (product("int16", "int8", 4), product("int8", "int16", 4), product("int8", "int8", 4, spread=False)):
+        assert neon_widening.broadcast_product_operands(other) is None
+    assert rewritten(product("int8", "int8", 4)).count(neon_widening.SMULL) == 1
+    assert rewritten(product("int8", "int8", 8, swapped=True)).count(neon_widening.SMULL) == 2
+    assert neon_widening.SMULL not in rewritten(product("int8", "int8", 6))
+    assert neon_widening.SMULL not in rewritten(product("int8", "int8", 2 * neon_widening.MAX_LANES))

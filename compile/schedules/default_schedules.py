@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 from mnv2_edge.targets.errors import last_line
-from mnv2_edge.compile.schedules import int8_dot, neon_fixed_point, neon_lane_fma
+from mnv2_edge.compile.schedules import int8_dot, neon_lane_fma, tir_pipeline
 from mnv2_edge.compile.schedules.cpu import CPUShape
 from mnv2_edge.compile.schedules.fusion import fusion_passes
 
@@ -625,12 +625,12 @@ def apply_pass(applied: dict | None = None):
 
 def compile_cpu(mod, target, database=None, applied: dict | None = None):
     """Compile a Relax module for a CPU target as every build does: cpu_pipeline for Relax, and for
-    TIR TVM's default lowering, with NEON's fixed-point forms on AArch64 (neon_fixed_point). Inside
+    TIR TVM's default lowering, with our NEON rewrites on AArch64 (tir_pipeline). Inside
     the caller's target and PassContext (and the database's context when tuned)."""
     import tvm
 
     return tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target, database, applied),
-                       tir_pipeline=neon_fixed_point.tir_pipeline(target))
+                       tir_pipeline=tir_pipeline.tir_pipeline(target))
 
 
 def cpu_pipeline(target, database=None, applied: dict | None = None):

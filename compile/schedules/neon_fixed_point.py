@@ -13,7 +13,7 @@ channel, where NEON's `srshl` by -r is that rounding shift in one. srshl rounds 
 so it equals the int32 form wherever that form does not overflow, and where it would, srshl is the
 one that agrees with TFLite (whose RoundingDivideByPOT never overflows).
 
-A pass after VectorizeLoop, so it sees the vectors that will be emitted whatever the schedule (a
+A pass after VectorizeLoop (compile/schedules/tir_pipeline.py), so it sees the vectors that will be emitted whatever the schedule (a
 default rule's or a tuned record's): NEON's sqrdmulh and srshl take 2 or 4 lanes, so wider vectors
 are cut into 4-lane slices (free: a 16-lane int32 vector is four registers); scalars keep sqrdmulh's
 scalar form and LLVM's shift (srshl has no 32-bit scalar form).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 SQRDMULH = "llvm.aarch64.neon.sqrdmulh"
 SRSHL = "llvm.aarch64.neon.srshl"
-PIPELINE = "mnv2-aarch64"  # the TIR pipeline: TVM's default, then this pass
 
 
 def _int_value(expr) -> int | None:
@@ -190,23 +189,3 @@ def pass_():
 
     return tirx.transform.prim_func_pass(lambda func, _mod, _ctx: rewrite(func), opt_level=0,
                                          name="mnv2.NeonFixedPoint")
-
-
-def tir_pipeline(target) -> str:
-    """The TIR pipeline for a CPU target: PIPELINE (registered once) on AArch64, TVM's default elsewhere."""
-    import tvm
-    from tvm.s_tir.pipeline import default_s_tir_pipeline
-    from tvm.tirx.compilation_pipeline import PIPELINE_MAP, register_tir_pipeline
-
-    from mnv2_edge.compile.schedules.cpu import CPUShape
-
-    if CPUShape.of(target).arch != "aarch64":
-        return "default"
-    if PIPELINE not in PIPELINE_MAP:
-        def factory():
-            lower, host, device = default_s_tir_pipeline()
-            return tvm.transform.Sequential([lower, pass_()]), host, device
-
-        register_tir_pipeline(PIPELINE, factory)
-    return PIPELINE
-

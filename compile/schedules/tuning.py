@@ -177,7 +177,7 @@ def fast_build(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    from mnv2_edge.compile.schedules.neon_fixed_point import tir_pipeline
+    from mnv2_edge.compile.schedules.tir_pipeline import tir_pipeline
 
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target,
                      pipeline=tir_pipeline(target))
