@@ -460,3 +460,55 @@ def test_neon_widening_only_for_an_8bit_broadcast_times_8bit_lanes():
     assert rewritten(product("int8", "int8", 8, swapped=True)).count(neon_widening.SMULL) == 2
     assert neon_widening.SMULL not in rewritten(product("int8", "int8", 6))
     assert neon_widening.SMULL not in rewritten(product("int8", "int8", 2 * neon_widening.MAX_LANES))
+
+
+@pytest.mark.parametrize("kernel,stride", [((3, 3), 1), ((3, 3), 2), ((2, 2), 1)], ids=["3x3", "3x3-stride2", "2x2"])
+def test_int8_depthwise_taps_in_pairs_on_aarch64(tmp_path, kernel, stride):
+    """compile/schedules/int8_tap_pairs.py: on AArch64 an int8 depthwise conv sums two taps' products
+    in 16-bit lanes (smull, then smlal) before widening; an odd tap count leaves one tap alone. Not
+    where a weight is -128 (two products of 128 x 128 overflow 16 bits), nor on x86. The paired
+    kernel's integers against NumPy's, run here on x86 (the pass applied by hand); the emulated
+    boards run it on AArch64 (test_rpc)."""
+    import subprocess
+
+    import tvm
+    from tvm import relax
+
+    from mnv2_edge.compile.frontend import fixed_point
+    from mnv2_edge.compile.schedules import int8_tap_pairs
+
+    rng = np.random.default_rng(11)
+    channels = 24
+    x = rng.integers(-128, 128, (1, 9, 11, channels)).astype("int8")
+    x[0, :4, :4] = -128  # the largest products, in every tap of some outputs
+    w = rng.integers(-127, 128, (*kernel, channels, 1)).astype("int8")
+    w[..., :3, 0] = -127
+
+    def module(weight):
+        conv = lambda p: relax.op.nn.conv2d(p, fixed_point.const(weight, "int8"), strides=stride, groups=channels,  # noqa: E731
+                                           data_layout="NHWC", kernel_layout="HWOI", out_dtype="int32")
+        return _relax_function(conv, (x.shape, "int8"))
+
+    def paired(mod, target_dict) -> bool:
+        mod = tvm.transform.Sequential(fusion.fusion_passes(tvm.target.Target(target_dict)))(mod)
+        return any(int8_tap_pairs.BLOCK in name.name_hint for name in mod.get_global_vars())
+
+    assert paired(module(w), CORTEX_A72) and paired(module(w), CORTEX_A76)
+    assert not paired(module(w), HASWELL)
+    with_minimum = w.copy()
+    with_minimum[0, 0, 5, 0] = -128
+    assert not paired(module(with_minimum), CORTEX_A72)
+
+    executable, applied = _compile(module(w), CORTEX_A72)
+    assert "Depthwise" in applied.values(), applied
+    executable.export_library(str(tmp_path / "kernel.so"), cc="aarch64-linux-gnu-gcc")
+    listing = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(tmp_path / "kernel.so")],
+                             capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\ssmull\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing)
+    assert re.search(r"\ssmlal\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing)  # the pair's second product
+
+    by_hand = int8_tap_pairs.pair_depthwise_taps(tvm.target.Target(CORTEX_A72))(module(w))
+    got, _ = _run(by_hand, x)
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.int64), kernel, axis=(1, 2))[:, ::stride, ::stride]
+    expected = np.einsum("nhwcij,ijc->nhwc", windows, w[..., 0].astype(np.int64))
+    np.testing.assert_array_equal(got, expected)

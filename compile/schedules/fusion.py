@@ -3,7 +3,7 @@ same passes, so a task's key (its structural hash) is the same in all three."""
 
 from __future__ import annotations
 
-from mnv2_edge.compile.schedules import int8_dot
+from mnv2_edge.compile.schedules import int8_dot, int8_tap_pairs
 
 
 def fusion_passes(target) -> list:
@@ -18,6 +18,7 @@ def fusion_passes(target) -> list:
     return [
         *dispatch,
         int8_dot.pack_dot_products(target),  # before legalization: int8 1x1 convs and stems on dot products
+        int8_tap_pairs.pair_depthwise_taps(target),  # and int8 depthwise taps in pairs on AArch64
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

@@ -365,7 +365,8 @@ def _stem_rows(data):
         j < width * channels, data[b, h, j // channels, j % channels], tirx.const(0, data.dtype)), name="stem_rows")
 
 
-def _int8_constant_weight(call) -> bool:
+def int8_constant_weight(call) -> bool:
+    """An int8 x int8 call with constant weights and int32 sums (a conv2d or matmul)."""
     from tvm.ir.expr import GenericConst  # a Relax constant
 
     data, weight = call.args
@@ -377,7 +378,7 @@ def _unpadded_conv_weight(call) -> np.ndarray | None:
     """The HWIO weights of an int8 NHWC conv2d call on constant weights, ungrouped, undilated and
     without padding of its own (the integer frontend pads explicitly), else None."""
     attrs = call.attrs
-    if (not _int8_constant_weight(call) or attrs.groups != 1
+    if (not int8_constant_weight(call) or attrs.groups != 1
             or attrs.data_layout != "NHWC" or attrs.kernel_layout != "HWIO" or attrs.out_layout != "NHWC"
             or any(int(d) != 1 for d in attrs.dilation) or any(int(p) for p in attrs.padding)):
         return None
@@ -410,7 +411,7 @@ def _stem_weight(call) -> np.ndarray | None:
 def _dense_weight(call) -> np.ndarray | None:
     """The [K, N] weights of an int8 [M, K] x [K, N] matmul call as HWIO [1, 1, K, N], else None."""
     data, weight = call.args
-    if not _int8_constant_weight(call) or len(data.ty.shape) != 2 or len(weight.value.shape) != 2:
+    if not int8_constant_weight(call) or len(data.ty.shape) != 2 or len(weight.value.shape) != 2:
         return None
     return weight.value.numpy()[None, None]
 
