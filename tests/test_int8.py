@@ -43,9 +43,11 @@ def gemmlowp_multiply(x: np.ndarray, multiplier: int, shift: int, single_roundin
     return (high >> exponent) + ((high & mask) > threshold)
 
 
-@pytest.mark.parametrize("single_rounding", [False, True])
-def test_requantization_matches_gemmlowp(single_rounding):
-    """The TE form in 32-bit lanes (per channel) against the C++ definition, ties included."""
+@pytest.mark.parametrize("single_rounding,only_right_shifts", [(False, False), (True, False), (False, True)],
+                         ids=["two-roundings", "single-rounding", "only-right-shifts"])
+def test_requantization_matches_gemmlowp(single_rounding, only_right_shifts):
+    """The TE form in 32-bit lanes (per channel) against the C++ definition, ties included; with every
+    channel shifting right, the front end's shorter rounding fix-up (h >> 31)."""
     import functools
 
     import tvm
@@ -56,7 +58,7 @@ def test_requantization_matches_gemmlowp(single_rounding):
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.integers(-(1 << 22), 1 << 22, 4000), np.arange(-2048, 2048)]).astype(np.int32)
     multipliers = [1 << 30, (1 << 30) + 1, (1 << 31) - 1, 3 << 29, int(rng.integers(1 << 30, 1 << 31))]
-    shifts = [-11, -1, 0, 1, -20]
+    shifts = [-11, -1, -2, -5, -20] if only_right_shifts else [-11, -1, 0, 1, -20]
     data = np.repeat(x[:, None], len(multipliers), axis=1)
     bb = relax.BlockBuilder()
     param = relax.Var("x", relax.TensorType(shape=data.shape, dtype="int32"))
@@ -64,7 +66,8 @@ def test_requantization_matches_gemmlowp(single_rounding):
         with bb.dataflow():
             out = bb.emit_output(bb.call_te(
                 functools.partial(requantize, zero_point=0, low=INT_RANGES["int32"][0], high=INT_RANGES["int32"][1],
-                                  dtype="int32", single_rounding=single_rounding),
+                                  dtype="int32", single_rounding=single_rounding,
+                                  left_shifts=any(s > 0 for s in shifts), only_right_shifts=only_right_shifts),
                 param, const([0] * len(shifts), "int32"), const(multipliers, "int32"), const(shifts, "int32"),
                 primfunc_name_hint="requantize"))
         bb.emit_func_output(out)

@@ -97,12 +97,15 @@ def _doubling_high(shape, value, multiplier, shift, name: str, left_shifts: bool
     return te.compute(shape, high, name=name)
 
 
-def _divided_by_pot(high, shift, left_shifts: bool = True):
+def _divided_by_pot(high, shift, left_shifts: bool = True, only_right_shifts: bool = False):
     """RoundingDivideByPOT(high, e) for e = max(-shift, 0): halves away from zero, in gemmlowp's
     NEON form (h + ((h & -e) >> 31) + 2^(e-1)) >> e. The fixup (h & -e) >> 31 is -1 exactly where h
     is negative and e positive (-e has its sign bit set). Without left_shifts every shift is at
-    most 0, so -e is the shift itself, read as is. AArch64 makes the rounding shift one `srshl` by
-    -e (compile/schedules/neon_fixed_point.py); elsewhere it is these plain int32 operations."""
+    most 0, so -e is the shift itself, read as is. With only_right_shifts (every channel's shift
+    negative, known from the constants: nearly every conv) every -e has its sign bit set, so the
+    fixup is h >> 31, one instruction less per vector (`ssra` of h by 31 onto itself on NEON).
+    AArch64 makes the rounding shift one `srshl` by -e (compile/schedules/neon_fixed_point.py);
+    elsewhere it is these plain int32 operations."""
     from tvm import tirx
 
     if isinstance(shift, tirx.IntImm):  # one shift for the tensor: nothing to round without a right shift
@@ -113,11 +116,12 @@ def _divided_by_pot(high, shift, left_shifts: bool = True):
         exponent = tirx.min(shift, 0) if left_shifts else shift
     right = 0 - exponent
     half = (tirx.const(1, "int32") << right) >> 1
-    return (high + ((high & exponent) >> 31) + half) >> right
+    fixup = high >> 31 if only_right_shifts else (high & exponent) >> 31
+    return (high + fixup + half) >> right
 
 
 def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: int, dtype: str,
-               single_rounding: bool = False, left_shifts: bool = True):
+               single_rounding: bool = False, left_shifts: bool = True, only_right_shifts: bool = False):
     """TE: integer values [..., C] -> dtype, as TFLite's reference kernels finish a conv, depthwise,
     mean or requantize: + bias, MultiplyByQuantizedMultiplier(multiplier, shift) with its two
     roundings, + zero point, clamp to [low, high]. bias, multiplier and shift are per channel (TE
@@ -125,7 +129,9 @@ def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: in
     per element: a third of the vector work of the same steps as int64 ops.
 
     With single_rounding, one: (x m + 2^(30 - shift)) >> (31 - shift), as LiteRT's reference
-    FULLY_CONNECTED does (measured: the two differ on values within a hair of a half step)."""
+    FULLY_CONNECTED does (measured: the two differ on values within a hair of a half step).
+    left_shifts: some channel's shift is positive; only_right_shifts: every channel's is negative
+    (both read from the constants by the caller, see _divided_by_pot)."""
     from tvm import te, tirx
 
     bias_of, multiplier_of, shift_of = _per_channel(bias), _per_channel(multiplier), _per_channel(shift)
@@ -147,7 +153,7 @@ def requantize(acc, bias, multiplier, shift, zero_point: int, low: int, high: in
         return te.compute(acc.shape, element, name="requantize")
     high_mul = _doubling_high(acc.shape, biased, multiplier, shift, "requantize_high", left_shifts)
     return te.compute(acc.shape, lambda *index: clamped(*index, scaled=_divided_by_pot(
-        high_mul(*index), shift_of(index[-1]), left_shifts)), name="requantize")
+        high_mul(*index), shift_of(index[-1]), left_shifts, only_right_shifts)), name="requantize")
 
 
 def add(a, b, a_zero: int, b_zero: int, a_rescale: tuple[int, int], b_rescale: tuple[int, int],

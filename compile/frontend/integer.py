@@ -96,7 +96,8 @@ def _requantize_to_output(conv, acc, bias: np.ndarray, multipliers, shifts, out:
     low, high = activation_range(activation, float(out.scale[0]), int(out.zero_point[0]), out.dtype)
     return conv.bb.emit_te(functools.partial(fixed_point.requantize, zero_point=int(out.zero_point[0]),
                                              low=low, high=high, dtype=out.dtype, single_rounding=single_rounding,
-                                             left_shifts=any(shift > 0 for shift in shifts)),
+                                             left_shifts=any(shift > 0 for shift in shifts),
+                                             only_right_shifts=all(shift < 0 for shift in shifts)),
                            acc, const(bias, "int32"), const(multipliers, "int32"), const(shifts, "int32"),
                            primfunc_name_hint="requantize")
 
