@@ -463,15 +463,21 @@ def pack_dot_products(target):
 
     @tvm.transform.module_pass(opt_level=0, name="mnv2.PackInt8DotProducts")
     def pack(mod, _ctx):
-        if not forms:
-            return mod
-        packer = Packer(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                packer.builder_.update_func(gvar, packer.visit_expr(func))
-        return packer.builder_.get()
+        return rewrite_relax_functions(mod, Packer) if forms else mod
 
     return pack
+
+
+def rewrite_relax_functions(mod, mutator_class):
+    """The module with each Relax function through a PyExprMutator class (its PrimFuncs as they are,
+    with those the mutator's builder adds)."""
+    from tvm import relax
+
+    mutator = mutator_class(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
 
 
 def lane_sums_block(block_name: str) -> bool:

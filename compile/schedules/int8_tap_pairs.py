@@ -89,12 +89,6 @@ def pair_depthwise_taps(target):
 
     @tvm.transform.module_pass(opt_level=0, name="mnv2.PairInt8DepthwiseTaps")
     def pair(mod, _ctx):
-        if not aarch64:
-            return mod
-        pairer = Pairer(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                pairer.builder_.update_func(gvar, pairer.visit_expr(func))
-        return pairer.builder_.get()
+        return int8_dot.rewrite_relax_functions(mod, Pairer) if aarch64 else mod
 
     return pair
