@@ -459,7 +459,7 @@ def test_neon_widening_only_for_an_8bit_broadcast_times_8bit_lanes():
     assert rewritten(product("int8", "int8", 4)).count(neon_widening.SMULL) == 1
     assert rewritten(product("int8", "int8", 8, swapped=True)).count(neon_widening.SMULL) == 2
     assert neon_widening.SMULL not in rewritten(product("int8", "int8", 6))
-    assert neon_widening.SMULL not in rewritten(product("int8", "int8", 2 * neon_widening.MAX_LANES))
+    assert neon_widening.SMULL not in rewritten(product("int8", "int8", 2 * neon_fixed_point.MAX_LANES))
 
 
 @pytest.mark.parametrize("kernel,stride", [((3, 3), 1), ((3, 3), 2), ((2, 2), 1)], ids=["3x3", "3x3-stride2", "2x2"])

@@ -13,10 +13,10 @@ channel, where NEON's `srshl` by -r is that rounding shift in one. srshl rounds 
 so it equals the int32 form wherever that form does not overflow, and where it would, srshl is the
 one that agrees with TFLite (whose RoundingDivideByPOT never overflows).
 
-A pass after VectorizeLoop (compile/schedules/tir_pipeline.py), so it sees the vectors that will be emitted whatever the schedule (a
-default rule's or a tuned record's): NEON's sqrdmulh and srshl take 2 or 4 lanes, so wider vectors
-are cut into 4-lane slices (free: a 16-lane int32 vector is four registers); scalars keep sqrdmulh's
-scalar form and LLVM's shift (srshl has no 32-bit scalar form).
+A pass after VectorizeLoop (compile/schedules/tir_pipeline.py), so it sees the vectors that will
+be emitted whatever the schedule (a default rule's or a tuned record's): NEON's sqrdmulh and srshl
+take 2 or 4 lanes, so wider vectors are cut into 4-lane slices (free: a 16-lane int32 vector is four
+registers); scalars keep sqrdmulh's scalar form and LLVM's shift (srshl has no 32-bit scalar form).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def rounding_shift_operands(shift):
     return None if rest is None else (_signed_sum(rest), right)
 
 
-def _neon(intrinsic: str, a, b, lanes: int):
+def neon_intrinsic(intrinsic: str, a, b, lanes: int):
     """A two-operand NEON intrinsic on int32 lanes: one call for 1, 2 or 4 lanes, 4-lane slices of
     wider vectors (free: a 16-lane int32 vector is four registers)."""
     from tvm import tirx
@@ -138,7 +138,8 @@ def _neon(intrinsic: str, a, b, lanes: int):
     if lanes in (1, 2, 4):
         return tirx.call_llvm_pure_intrin("int32" if lanes == 1 else f"int32x{lanes}", intrinsic, a, b)
     index = lambda values: [tirx.IntImm("int32", v) for v in values]  # noqa: E731
-    slices = [_neon(intrinsic, tirx.Shuffle([a], index(range(at, at + 4))), tirx.Shuffle([b], index(range(at, at + 4))), 4)
+    slices = [neon_intrinsic(intrinsic, tirx.Shuffle([a], index(range(at, at + 4))),
+                             tirx.Shuffle([b], index(range(at, at + 4))), 4)
               for at in range(0, lanes, 4)]
     return tirx.Shuffle(slices, index(range(lanes)))
 
@@ -150,14 +151,14 @@ def _neon(intrinsic: str, a, b, lanes: int):
 MAX_LANES = 16
 
 
-def _lanes(expr) -> int:
+def lanes_of(expr) -> int:
     dtype = expr.ty.dtype
     return int(dtype.split("x")[1]) if "x" in dtype else 1
 
 
 def _neon_takes(lanes: int, scalar_form: bool) -> bool:
-    """Whether _neon makes `lanes` int32 lanes: 2, 4-lane slices up to MAX_LANES, and one lane where
-    the instruction has a scalar form (sqrdmulh has, srshl has not)."""
+    """Whether neon_intrinsic makes `lanes` int32 lanes: 2, 4-lane slices up to MAX_LANES, and one
+    lane where the instruction has a scalar form (sqrdmulh has, srshl has not)."""
     return (lanes == 1 and scalar_form) or lanes == 2 or (lanes % 4 == 0 and lanes <= MAX_LANES)
 
 
@@ -169,17 +170,17 @@ def rewrite(func):
     from tvm_ffi.structural import structural_map
 
     def on_cast(cast):
-        operands, lanes = doubling_high_operands(cast), _lanes(cast)
+        operands, lanes = doubling_high_operands(cast), lanes_of(cast)
         if operands is None or not _neon_takes(lanes, scalar_form=True):
             return cast
-        return _neon(SQRDMULH, *operands, lanes)
+        return neon_intrinsic(SQRDMULH, *operands, lanes)
 
     def on_shift(shift):
-        operands, lanes = rounding_shift_operands(shift), _lanes(shift)
+        operands, lanes = rounding_shift_operands(shift), lanes_of(shift)
         if operands is None or not _neon_takes(lanes, scalar_form=False):
             return shift
         value, right = operands
-        return _neon(SRSHL, value, 0 - right, lanes)
+        return neon_intrinsic(SRSHL, value, 0 - right, lanes)
 
     return structural_map(func, [(tirx.Cast, on_cast), (tirx.RShift, on_shift)])
 

@@ -11,20 +11,15 @@ products exact: an 8-bit by 8-bit product fits 16 bits), LLVM loads the byte sig
 it and folds the sum into `smlal`: on a simulated Cortex-A72 the int8 stem's register block took
 57 cycles for 30 `smlal`, six instructions per broadcast byte.
 
-The same integers for every input: only the instructions change. 4-lane slices of wider vectors,
-as neon_fixed_point does.
+The same integers for every input: only the instructions change. Wider vectors in 4-lane slices,
+up to neon_fixed_point.MAX_LANES, by that module's neon_intrinsic.
 """
 
 from __future__ import annotations
 
-SMULL = "llvm.aarch64.neon.smull"
-SLICE = 4  # smull's int32 lanes from 4 int16 lanes
-MAX_LANES = 16  # as neon_fixed_point.MAX_LANES: each slice names its whole operand
+from mnv2_edge.compile.schedules.neon_fixed_point import MAX_LANES, lanes_of, neon_intrinsic
 
-
-def _lanes(expr) -> int:
-    dtype = expr.ty.dtype
-    return int(dtype.split("x")[1]) if "x" in dtype else 1
+SMULL = "llvm.aarch64.neon.smull"  # int32 lanes from int16 lanes: 4 a call (no 2-lane int32 form)
 
 
 def _narrow(expr):
@@ -43,7 +38,7 @@ def broadcast_product_operands(mul):
     scalar and w an 8-bit vector; None for anything else."""
     from tvm import tirx
 
-    if not isinstance(mul, tirx.Mul) or mul.ty.dtype.split("x")[0] != "int32" or _lanes(mul) == 1:
+    if not isinstance(mul, tirx.Mul) or mul.ty.dtype.split("x")[0] != "int32" or lanes_of(mul) == 1:
         return None
     for spread, vector in ((mul.a, mul.b), (mul.b, mul.a)):
         if isinstance(spread, tirx.Broadcast) and not isinstance(vector, tirx.Broadcast):
@@ -59,17 +54,12 @@ def rewrite(func):
     from tvm_ffi.structural import structural_map
 
     def on_mul(mul):
-        operands, lanes = broadcast_product_operands(mul), _lanes(mul)
-        if operands is None or lanes % SLICE or lanes > MAX_LANES:
+        operands, lanes = broadcast_product_operands(mul), lanes_of(mul)
+        if operands is None or lanes % 4 or lanes > MAX_LANES:
             return mul
         x, w = operands
-        spread = tirx.Broadcast(tirx.Cast("int16", x), SLICE)
-        wide = tirx.Cast(f"int16x{lanes}", w)
-        index = lambda values: [tirx.IntImm("int32", v) for v in values]  # noqa: E731
-        slices = [tirx.call_llvm_pure_intrin(f"int32x{SLICE}", SMULL, spread,
-                                             wide if lanes == SLICE else tirx.Shuffle([wide], index(range(at, at + SLICE))))
-                  for at in range(0, lanes, SLICE)]
-        return slices[0] if lanes == SLICE else tirx.Shuffle(slices, index(range(lanes)))
+        spread, wide = tirx.Broadcast(tirx.Cast("int16", x), lanes), tirx.Cast(f"int16x{lanes}", w)
+        return neon_intrinsic(SMULL, spread, wide, lanes)
 
     return structural_map(func, [(tirx.Mul, on_mul)])
 
