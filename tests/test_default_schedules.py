@@ -277,8 +277,9 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     vpdpbusd, vpmaddwd or sdot (compile/schedules/int8_dot.py), with TFLite's requantization, against NumPy and
     gemmlowp's definition. On AVX-512 VNNI 48 output channels take 16-lane dot products, 24 and 40 the
     8-lane ones; an odd width (11) has no even pixel block. On AArch64 48 input channels take sdot by lane
-    index (16 a step), 40 the broadcast form; without dotprod (the Pi 4's A72) 8 products of an output
-    channel per smull, added pairwise into its 4 partial sums by sadalp, and the stem (36 products a
+    index from 16-byte loads (16 a step), 40 from 8-byte loads (8 a step), 12 the broadcast form; without
+    dotprod (the Pi 4's A72) 8 products of an output channel per smull, added pairwise into its 4
+    partial sums by sadalp (12 input channels, not whole steps of 8, keep the plain conv), and the stem (36 products a
     pixel, not whole steps of 8) stays plain, each input byte spread by ldrsb and dup for smlal
     (neon_widening). A target without AVX2 keeps the plain conv and matmul.
     Compiled for every target; run where this CPU can."""
@@ -294,8 +295,9 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     forms = int8_dot.dot_forms(tvm.target.Target(target_dict))
     rng = np.random.default_rng(5)
     for layer, x_shape, channels in (("conv", (1, 9, 11, 40), 48), ("conv", (1, 9, 11, 48), 24),
-                                     ("dense", (3, 40), 40), ("stem", (1, 15, 13, 3), 32)):
-        depth = x_shape[-1]  # 48: on AArch64 16 input channels a step, sdot by lane index
+                                     ("conv", (1, 9, 11, 12), 16), ("dense", (3, 40), 40),
+                                     ("stem", (1, 15, 13, 3), 32)):
+        depth = x_shape[-1]  # on AArch64 48: 16 input channels a step, sdot by lane index; 40: 8 a step
         x = rng.integers(-128, 128, x_shape).astype("int8")
         w = rng.integers(-127, 128, (3, 3, 3, channels) if layer == "stem" else (1, 1, depth, channels)).astype("int8")
         bias = rng.integers(-5000, 5000, channels).astype("int32")
@@ -322,6 +324,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                                  capture_output=True, text=True, check=True).stdout
         if instruction == "sadalp" and layer == "stem":  # 36 products a pixel, not whole steps of 8: plain
             assert "PointwiseDot" not in applied.values(), applied
+        elif instruction == "sadalp" and depth % 8:  # not whole steps of 8 input channels: the plain conv
+            assert "PointwiseDot" not in applied.values(), applied
             # each input byte loaded sign-extended and spread (neon_widening), its products by smlal
             assert re.search(r"\sldu?rsb\s+w\d+", listing) and re.search(r"\sdup\s+v\d+\.4h, w\d+", listing)
             assert re.search(r"\ssmlal\s+v\d+\.4s, v\d+\.4h, v\d+\.4h", listing)
@@ -335,7 +339,9 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                 assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v\d+\.2d", listing)
                 assert re.search(r"\ssrshl\s+v\d+\.4s", listing)
                 if instruction == "sdot":
-                    assert bool(re.search(r"\ssdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", listing)) == (depth % 16 == 0)
+                    indices = set(re.findall(r"\ssdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[([0-3])\]", listing))
+                    expected = {"0", "1", "2", "3"} if depth % 16 == 0 else {"0", "1"} if depth % 8 == 0 else set()
+                    assert layer != "conv" or indices == expected, (depth, indices)  # a dense row: LLVM's choice
                 else:  # 8 input channels a step: 8 products in 16-bit lanes, added pairwise into 4 partial sums
                     assert re.search(r"\ssmull\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing)
                     assert re.search(r"\ssadalp\s+v\d+\.4s, v\d+\.8h", listing)

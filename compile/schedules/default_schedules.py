@@ -300,9 +300,9 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
                                       max_accumulators=8 if shape.arch == "aarch64" else 24)
     w_outer, w_inner = sch.split(width, [None, pixels])
     c_outer, c_vectors, c_lanes = sch.split(channel, [None, vectors, lanes])
-    indexed = form is int8_dot.SDOT_128 and extents[4] % (int8_dot.INDEXED_GROUPS * group) == 0
-    if indexed:  # 16 input channels a step: one load of a pixel's 16 bytes, sdot by lane index
-        k_outer, k_groups, k_inner = sch.split(reduction, [None, int8_dot.INDEXED_GROUPS, group])
+    indexed = int8_dot.indexed_groups(extents[4]) if form is int8_dot.SDOT_128 else None
+    if indexed:  # 16 (or 8) input channels a step: one load of a pixel's bytes, sdot by lane index
+        k_outer, k_groups, k_inner = sch.split(reduction, [None, indexed, group])
         inner = [k_outer, w_inner, c_vectors, k_groups, c_lanes, k_inner]
     else:
         k_outer, k_inner = sch.split(reduction, [None, group])
@@ -314,7 +314,8 @@ def schedule_packed_dot(sch, block, shape: CPUShape) -> bool:
     sch.unroll(c_vectors)
     _place_epilogue(sch, block, epilogue, tile, shape)
     # last: it replaces the block
-    sch.tensorize(*((k_groups, int8_dot.indexed_sdot_intrinsic()) if indexed else (c_lanes, int8_dot.intrinsic(form))))
+    sch.tensorize(*((k_groups, int8_dot.indexed_sdot_intrinsic(indexed)) if indexed
+                    else (c_lanes, int8_dot.intrinsic(form))))
     return True
 
 

@@ -151,22 +151,31 @@ def _one_instruction(form: DotForm, A, B, C):
     return accumulators + call(spread, B.vload([0, 0], dtype=f"int16x{lanes * 2}"))
 
 
-INDEXED_GROUPS = 4  # sdot's indexed form: four groups of one 16-byte load, each lane by index
+# sdot's indexed form: the groups one load of a pixel's activations serves, each lane by index: 4
+# (16 bytes) where the input channels are a multiple of 16, else 2 (8 bytes) where they are of 8
+# (width 1.4's 88 and 136 channels, 1.3's 40).
+INDEXED_GROUPS = (4, 2)
 
 
-def indexed_sdot_intrinsic() -> str:
-    """The tensor intrinsic C[i] += sum_k A[k] B[k / 4, i, k % 4], i < 4, k < 16, as four sdot of
-    the indexed form (`sdot v.4s, w.16b, a.4b[g]`): one 16-byte load of the activations serves four
-    groups, where the plain form loads and broadcasts (ld1r) each group's 4 bytes with an address of
-    its own: XNNPACK's neondot micro-kernels read their activations this way."""
+def indexed_groups(channels: int) -> int | None:
+    """The most groups of SDOT_128 that one load can serve for this many input channels; None where
+    no indexed form divides them (the plain form then loads each group on its own)."""
+    return next((g for g in INDEXED_GROUPS if channels % (g * SDOT_128.group) == 0), None)
+
+
+def indexed_sdot_intrinsic(groups: int) -> str:
+    """The tensor intrinsic C[i] += sum_k A[k] B[k / 4, i, k % 4], i < 4, k < 4 x groups, as `groups`
+    sdot of the indexed form (`sdot v.4s, w.16b, a.4b[g]`): one load of the activations (16 or 8
+    bytes) serves them all, where the plain form loads and broadcasts (ld1r) each group's 4 bytes
+    with an address of its own: XNNPACK's neondot micro-kernels read their activations this way."""
     from tvm import tirx
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    name = f"mnv2_dot_4x4_int8_indexed{INDEXED_GROUPS}"
+    name = f"mnv2_dot_4x4_int8_indexed{groups}"
     if registered(name):
         return name
-    groups, lanes, group = INDEXED_GROUPS, SDOT_128.lanes, SDOT_128.group
+    lanes, group = SDOT_128.lanes, SDOT_128.group
 
     @T.prim_func(s_tir=True)
     def description(A: T.Buffer((groups * group,), "int8", offset_factor=1),
@@ -187,7 +196,8 @@ def indexed_sdot_intrinsic() -> str:
         words = tirx.reinterpret(f"int32x{groups}", A.vload([0], f"int8x{groups * group}"))
         accumulators = C.vload([0], dtype=f"int32x{lanes}")
         for g in range(groups):
-            lane = tirx.Shuffle([words], [tirx.IntImm("int32", g)] * lanes)
+            # (TVM's Shuffle makes no more lanes than its inputs have: 2 groups' words are given twice)
+            lane = tirx.Shuffle([words] * (lanes // groups), [tirx.IntImm("int32", g)] * lanes)
             # the lane operand last: LLVM matches the indexed form there only
             accumulators = tirx.call_llvm_pure_intrin(f"int32x{lanes}", SDOT_128.instruction, accumulators,
                                                       B.vload([g, 0, 0], dtype=f"int8x{lanes * group}"),
@@ -297,7 +307,8 @@ def lane_totals_intrinsic() -> str:
 def register_intrinsics() -> None:
     for form in FORMS.values():
         intrinsic(form)
-    indexed_sdot_intrinsic()
+    for groups in INDEXED_GROUPS:
+        indexed_sdot_intrinsic(groups)
     lane_sums_intrinsic()
     lane_totals_intrinsic()
 
