@@ -518,3 +518,93 @@ def test_int8_depthwise_taps_in_pairs_on_aarch64(tmp_path, kernel, stride):
     windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.int64), kernel, axis=(1, 2))[:, ::stride, ::stride]
     expected = np.einsum("nhwcij,ijc->nhwc", windows, w[..., 0].astype(np.int64))
     np.testing.assert_array_equal(got, expected)
+
+
+def _padded_kernel(other_reader: bool = False, interior_rows: int = 4):
+    """A kernel as fusion makes it before a depthwise conv: its result (doubled input) into a buffer of
+    its own, then TOPI's pad of it into the output with the zero point -3 (one row and column before, one
+    after); with other_reader, a second output reads the result too."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def padded(x: T.Buffer((1, 4, 5, 8), "int8"), out: T.Buffer((1, 6, 7, 8), "int8"),
+               copy: T.Buffer((1, 4, 5, 8), "int8")):
+        result = T.sblock_alloc_buffer((1, 4, 5, 8), "int8")
+        for h, w, c in T.grid(4, 5, 8):
+            with T.sblock("double"):
+                vh, vw, vc = T.axis.remap("SSS", [h, w, c])
+                result[0, vh, vw, vc] = x[0, vh, vw, vc] * T.int8(2)
+        for h, w, c in T.grid(6, 7, 8):
+            with T.sblock("pad"):
+                vh, vw, vc = T.axis.remap("SSS", [h, w, c])
+                out[0, vh, vw, vc] = T.if_then_else(1 <= vh and vh < 1 + interior_rows and 1 <= vw and vw < 6,
+                                                    result[0, vh - 1, vw - 1, vc], T.int8(-3))
+        for h, w, c in T.grid(4, 5, 8):
+            with T.sblock("copy"):
+                vh, vw, vc = T.axis.remap("SSS", [h, w, c])
+                copy[0, vh, vw, vc] = result[0, vh, vw, vc] if other_reader else x[0, vh, vw, vc]
+
+    return padded
+
+
+def test_a_padded_result_is_written_in_place():
+    """compile/schedules/pad_in_place.py: the result's buffer becomes the padded output's interior (the
+    producer writes the output, the pad only its border), with the same values as NumPy's pad of the
+    result; a result something else reads too, or a test that is not the result's extent, is left alone."""
+    import tvm
+
+    from mnv2_edge.compile.schedules import pad_in_place
+
+    plain = _padded_kernel()
+    moved = pad_in_place.rewrite(plain)
+    assert "sblock_alloc_buffer" in plain.script() and "sblock_alloc_buffer" not in moved.script()
+    assert "out[0, vh + 1, vw + 1, vc] = x[0, vh, vw, vc] * T.int8(2)" in moved.script()  # the producer's
+    assert re.search(r"if not \(.*\):\s+out\[0, vh, vw, vc\] = T.int8\(-3\)", moved.script())  # the border's
+    x = np.random.default_rng(0).integers(-60, 60, (1, 4, 5, 8)).astype("int8")
+    expected = np.pad(2 * x, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-3)
+    for func in (plain, moved):
+        kernel = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+        out, copy = tvm.runtime.empty((1, 6, 7, 8), "int8"), tvm.runtime.empty((1, 4, 5, 8), "int8")
+        kernel(tvm.runtime.tensor(x), out, copy)
+        np.testing.assert_array_equal(out.numpy(), expected)
+    for other in (_padded_kernel(other_reader=True), _padded_kernel(interior_rows=3)):
+        assert pad_in_place.rewrite(other).same_as(other)
+
+
+@pytest.mark.parametrize("before,after", [(1, 1), (0, 1)], ids=["stride-1-pad", "stride-2-pad"])
+def test_an_int8_pad_joins_the_kernel_before_it_and_stays_exact(before, after):
+    """pad_in_place.pads_as_element_wise: an int8 1x1 conv, its requantization and the zero-point pad a
+    depthwise conv needs are one kernel whether or not the pad has rows before (TVM calls that one
+    injective, which alone would have stayed a kernel of its own), and the padded tensor, written in
+    place, is NumPy's: conv, gemmlowp's requantization, np.pad with the zero point."""
+    import tvm
+    from test_int8 import gemmlowp_multiply
+    from tvm import relax
+
+    from mnv2_edge.compile.frontend import fixed_point
+
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (1, 6, 7, 16)).astype("int8")
+    w = rng.integers(-127, 128, (1, 1, 16, 24)).astype("int8")
+    multipliers, shifts = [int(m) for m in rng.integers(1 << 30, 1 << 31, 24)], [-5] * 24
+
+    def build(p):
+        acc = relax.op.nn.conv2d(p, fixed_point.const(w, "int8"), data_layout="NHWC", kernel_layout="HWIO",
+                                 out_dtype="int32")
+        y = relax.BlockBuilder.current().emit(acc)
+        y = relax.BlockBuilder.current().emit(relax.BlockBuilder.current().call_te(
+            fixed_point.requantize, y, fixed_point.const(np.zeros(24, "int32"), "int32"),
+            fixed_point.const(multipliers, "int32"), fixed_point.const(shifts, "int32"), zero_point=-7, low=-128,
+            high=127, dtype="int8"))
+        return relax.op.nn.pad(y, [0, 0, before, after, before, after, 0, 0], pad_value=-7.0)
+
+    mod = _relax_function(build, (x.shape, "int8"))
+    kernels = [gvar.name_hint for gvar, func in fusion.fuse(mod, tvm.target.Target(HASWELL)).functions_items()
+               if not isinstance(func, relax.Function)]
+    assert len(kernels) == 1 and "pad" in kernels[0], kernels
+    got, _ = _run(mod, x)
+    acc = x.reshape(-1, 16).astype(np.int64) @ w.reshape(16, 24).astype(np.int64)
+    y = np.stack([gemmlowp_multiply(acc[:, c], multipliers[c], shifts[c], False) for c in range(24)], axis=1) - 7
+    y = np.clip(y, -128, 127).reshape(1, 6, 7, 24)
+    np.testing.assert_array_equal(got, np.pad(y, [(0, 0), (before, after), (before, after), (0, 0)],
+                                              constant_values=-7))

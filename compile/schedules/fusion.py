@@ -3,7 +3,7 @@ same passes, so a task's key (its structural hash) is the same in all three."""
 
 from __future__ import annotations
 
-from mnv2_edge.compile.schedules import int8_dot, int8_tap_pairs
+from mnv2_edge.compile.schedules import int8_dot, int8_tap_pairs, pad_in_place
 
 
 def fusion_passes(target) -> list:
@@ -21,6 +21,7 @@ def fusion_passes(target) -> list:
         int8_tap_pairs.pair_depthwise_taps(target),  # and int8 depthwise taps in pairs on AArch64
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
+        pad_in_place.pads_as_element_wise(),  # a pad joins the kernel before it (written in place there)
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
