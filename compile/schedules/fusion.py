@@ -21,7 +21,7 @@ def fusion_passes(target) -> list:
         int8_tap_pairs.pair_depthwise_taps(target),  # and int8 depthwise taps in pairs on AArch64
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
-        pad_in_place.pads_as_element_wise(),  # a pad joins the kernel before it (written in place there)
+        pad_in_place.pads_as_element_wise(target),  # a pad joins the kernel before it (written in place there)
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

@@ -159,8 +159,9 @@ def _is_pad(func) -> bool:
     return len(inner) == 1 and _pad_form(inner[0], list(func.params)) is not None
 
 
-def pads_as_element_wise():
-    """The Relax pass, after AnnotateTIROpPattern: TOPI's pad marked element-wise, as TVM already marks a
+def pads_as_element_wise(target):
+    """The Relax pass, after AnnotateTIROpPattern, for CPU targets (whose TIR pipeline has `rewrite`;
+    on others it changes nothing): TOPI's pad marked element-wise, as TVM already marks a
     pad with nothing before (its indices unshifted), so FuseOps puts it at the end of the kernel that
     makes its input, where `rewrite` writes that kernel's result straight into it. TVM calls a pad
     with padding before injective, and an injective op does not join a conv's kernel: the stride-1
@@ -168,8 +169,12 @@ def pads_as_element_wise():
     import tvm
     from tvm import tirx
 
+    cpu = str(target.kind) == "llvm"
+
     @tvm.transform.module_pass(opt_level=0, name="mnv2.PadsAsElementWise")
     def mark(mod, _ctx):
+        if not cpu:
+            return mod
         pads = [(gvar, func) for gvar, func in mod.functions_items() if isinstance(func, tirx.PrimFunc)
                 and int(func.attrs.get("op_pattern", -1)) == INJECTIVE and _is_pad(func)]
         for gvar, func in pads:
