@@ -83,7 +83,7 @@ def rewrite(func):
         return func
     owned = list(func.body.block.alloc_buffers)
     outputs = list(func.params)  # the buffers the kernel is given (its output among them)
-    pads, reads = [], []  # (block, form); (buffer, name of a block reading it)
+    pads, reads = [], []  # (block name, form); (buffer, name of a block reading it)
 
     def survey(block):
         form = _pad_form(block, outputs)
