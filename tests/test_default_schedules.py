@@ -324,12 +324,12 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                                  capture_output=True, text=True, check=True).stdout
         if instruction == "sadalp" and layer == "stem":  # 36 products a pixel, not whole steps of 8: plain
             assert "PointwiseDot" not in applied.values(), applied
-        elif instruction == "sadalp" and depth % 8:  # not whole steps of 8 input channels: the plain conv
-            assert "PointwiseDot" not in applied.values(), applied
             # each input byte loaded sign-extended and spread (neon_widening), its products by smlal
             assert re.search(r"\sldu?rsb\s+w\d+", listing) and re.search(r"\sdup\s+v\d+\.4h, w\d+", listing)
             assert re.search(r"\ssmlal\s+v\d+\.4s, v\d+\.4h, v\d+\.4h", listing)
             assert not re.search(r"\sshl\s+v\d+\.4s, v\d+\.4s, #24", listing)  # no byte sign-extended in 32-bit lanes
+        elif instruction == "sadalp" and depth % 8:  # not whole steps of 8 input channels: the plain conv
+            assert "PointwiseDot" not in applied.values(), applied
         elif instruction:
             register = "v" if arm else "zmm" if forms[0].lanes == 16 and channels % 16 == 0 else "ymm"
             assert "PointwiseDot" in applied.values(), applied
