@@ -20,11 +20,20 @@ same places; the output's interior is written once.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
 
-def _pad_form(block, outputs):
-    """(output, result, before, value, interior) when the block's body is TOPI's pad,
-    output[v] = if_then_else(interior(v), result[v - before], value), into one of the function's
-    outputs; None otherwise."""
+
+class Pad(NamedTuple):
+    """TOPI's pad as one block stores it: output[v] = if_then_else(interior(v), result[v - before], value)."""
+    output: Any  # the padded buffer, one of the function's
+    result: Any  # the buffer it pads
+    before: list[int]  # the padding before, per axis
+    value: Any  # the border's value
+    interior: Any  # the test that v is inside the result
+
+
+def _pad_form(block, outputs) -> Pad | None:
+    """The block's pad when its body is TOPI's pad into one of the function's outputs; None otherwise."""
     from tvm import sym, tirx
     from tvm.ir.expr import Call, TensorLoad
     from tvm_ffi.structural import structural_equal
@@ -51,7 +60,7 @@ def _pad_form(block, outputs):
     expected = _interior(store.indices, before, sizes, padded)
     if expected is None or not structural_equal(interior, expected):
         return None
-    return output, result, before, value, interior
+    return Pad(output, result, before, value, interior)
 
 
 def _interior(indices, before, sizes, padded):
@@ -83,33 +92,33 @@ def rewrite(func):
         return func
     owned = list(func.body.block.alloc_buffers)
     outputs = list(func.params)  # the buffers the kernel is given (its output among them)
-    pads, reads = [], []  # (block name, form); (buffer, name of a block reading it)
+    pads, reads = {}, []  # block name -> its Pad; (buffer, name of a block reading it)
 
     def survey(block):
-        form = _pad_form(block, outputs)
-        if form is not None and any(form[1].same_as(b) for b in owned):
-            pads.append((block.name_hint, form))
+        pad = _pad_form(block, outputs)
+        if pad is not None and any(pad.result.same_as(b) for b in owned):
+            pads[block.name_hint] = pad
         reads.extend((region.source, block.name_hint) for region in block.reads)
         return block
 
     structural_map(func, [(s_tir.SBlock, survey)])
-    # result buffer -> its pad's block name, output and offsets, where the pad is its only reader
-    moves = [(form[1], name, form) for name, form in pads
-             if {reader for buffer, reader in reads if buffer.same_as(form[1])} == {name}]
-    if not moves:
+    # the pads moved: those that are their result's only reader
+    pads = {name: pad for name, pad in pads.items()
+            if {reader for buffer, reader in reads if buffer.same_as(pad.result)} == {name}}
+    if not pads:
         return func
 
-    def moved(buffer):
-        return next((form for result, _name, form in moves if result.same_as(buffer)), None)
+    def moved(buffer) -> Pad | None:
+        return next((pad for pad in pads.values() if pad.result.same_as(buffer)), None)
 
     def shifted(indices, before):
         return [index + b if b else index for index, b in zip(indices, before)]
 
     def on_block(block):
-        pad = next((form for _result, name, form in moves if name == block.name_hint), None)
+        pad = pads.get(block.name_hint)
         if pad is not None:  # only the border: the interior is the tiles' own writes
-            output, _result, _before, value, interior = pad
-            border = tirx.IfThenElse(tirx.Not(interior), tirx.BufferStore(output, value, block.body.indices), None)
+            border = tirx.IfThenElse(tirx.Not(pad.interior),
+                                     tirx.BufferStore(pad.output, pad.value, block.body.indices), None)
             return s_tir.SBlock(block.iter_vars, [], block.writes, block.name_hint, border, block.init,
                                 block.alloc_buffers, block.match_buffers, block.annotations)
         kept = [b for b in block.alloc_buffers if moved(b) is None]
@@ -119,19 +128,19 @@ def rewrite(func):
                             kept, block.match_buffers, block.annotations)
 
     def on_load(load):
-        form = moved(load.source)
-        return tirx.BufferLoad(form[0], shifted(load.indices, form[2])) if form else load
+        pad = moved(load.source)
+        return tirx.BufferLoad(pad.output, shifted(load.indices, pad.before)) if pad else load
 
     def on_store(store):
-        form = moved(store.buffer)
-        return tirx.BufferStore(form[0], store.value, shifted(store.indices, form[2])) if form else store
+        pad = moved(store.buffer)
+        return tirx.BufferStore(pad.output, store.value, shifted(store.indices, pad.before)) if pad else store
 
     def on_region(region):
-        form = moved(region.source)
-        if not form:
+        pad = moved(region.source)
+        if not pad:
             return region
-        return tirx.BufferRegion(form[0], [tvm.ir.Range.from_min_extent(r.min + b, r.extent) if b else r
-                                           for r, b in zip(region.region, form[2])])
+        return tirx.BufferRegion(pad.output, [tvm.ir.Range.from_min_extent(r.min + b, r.extent) if b else r
+                                              for r, b in zip(region.region, pad.before)])
 
     # The pads' blocks first (rebuilt from their original bodies), then every access to the results.
     func = structural_map(func, [(s_tir.SBlock, on_block)])
