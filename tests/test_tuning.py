@@ -5,6 +5,8 @@ import math
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error, run_cli
@@ -191,6 +193,31 @@ def test_int8_tasks_keep_their_conv_kinds(tmp_path):
     write_variant(Variant(0.35, 96), "int8", path)
     weights = _weights_by_kind(path)
     assert weights["depthwise"] == 17 and weights["stem"] == 1 and weights["pointwise"] == 34
+
+
+INTRINSICS_PROBE = """
+import sys
+from tvm.s_tir import TensorIntrin, meta_schedule as ms
+from mnv2_edge.compile.schedules import tuning
+tuning.register_tvm_intrinsics(cpu_only=True)
+ms.TuneContext(target="llvm")  # imports tvm.s_tir.tensor_intrin, which registers every kind's
+TensorIntrin.get("dot_16x4_vnni"), TensorIntrin.get("dot_4x4_i8i8s32_sdot")  # x86's and Arm's
+print(sorted(m.rsplit(".", 1)[1] for m in sys.modules if m.startswith(tuning.TVM_INTRINSICS + ".")))
+"""
+
+
+def test_a_cpu_tuning_registers_the_cpu_intrinsics_only():
+    """tuning.register_tvm_intrinsics: a TuneContext after it parses none of TVM's GPU intrinsics (they
+    took about 13 of the 15 s every tuning process spent on them), and the CPUs' are registered. Asked
+    for all (a database naming another), each module it imports is one of the package's (imported,
+    they would cost those 15 s here)."""
+    from importlib import util
+
+    probe = subprocess.run([sys.executable, "-c", INTRINSICS_PROBE], capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split("\n")[0] == "['arm_cpu', 'dot_product_common', 'x86']", probe.stdout
+    package = Path(util.find_spec(tuning.TVM_INTRINSICS).submodule_search_locations[0])  # not imported
+    assert all((package / f"{kind}.py").is_file() for kind in tuning.ALL_INTRINSICS)
 
 
 def test_host_databases_apply_only_to_their_cpu_class():

@@ -121,6 +121,9 @@ class Sources:
     def _postprocs(self, mod) -> list:
         from tvm.s_tir import meta_schedule as ms
 
+        from mnv2_edge.compile.schedules import tuning
+
+        tuning.register_tvm_intrinsics(cpu_only=True)  # "llvm" postprocessors: a CPU's
         context = ms.TuneContext(mod=mod, target=self.target)
         postprocs = ms.postproc.Postproc.create("llvm")
         for postproc in postprocs:

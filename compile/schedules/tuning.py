@@ -94,7 +94,7 @@ class TuningDatabase:
                 raise
         # A searched record tensorized with one of TVM's own intrinsics (its ARM sdot, x86 VNNI):
         # registering them all costs about 15 s, so only for a database that names one.
-        importlib.import_module("tvm.s_tir.tensor_intrin")  # registers them
+        register_tvm_intrinsics(cpu_only=False)
 
         return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
 
@@ -168,6 +168,33 @@ class TuningDatabase:
 
 
 # ----- tuning ---------------------------------------------------------------------------------
+
+TVM_INTRINSICS = "tvm.s_tir.tensor_intrin"  # TVM's package of tensor intrinsics, one module per kind of target
+CPU_INTRINSICS = ("x86", "arm_cpu")
+ALL_INTRINSICS = ("cuda", "rocm", "hexagon", "riscv_cpu", *CPU_INTRINSICS)  # what its __init__ imports
+
+
+def register_tvm_intrinsics(cpu_only: bool) -> None:
+    """Register TVM's tensor intrinsics before MetaSchedule needs them: those of CPUs (x86 VNNI, ARM
+    sdot: what MetaSchedule's CPU rules tensorize with), or every one.
+
+    A TuneContext imports tvm.s_tir.tensor_intrin, whose __init__ imports every kind's module, and
+    that parses some 500 TVMScript functions, CUDA's most: about 15 s per process on an EPYC (most of
+    a short tuning run; the test suite tunes in a dozen processes), against about 1 s for the CPU
+    ones. For CPU work the package is created without running its __init__, so TuneContext's import
+    finds it done; its submodules still import on demand (cpu_only=False imports each)."""
+    import sys
+    from importlib import util
+
+    if TVM_INTRINSICS not in sys.modules:
+        spec = util.find_spec(TVM_INTRINSICS)
+        sys.modules[TVM_INTRINSICS] = util.module_from_spec(spec)  # the package, __init__ not run
+    from tvm.runtime import enabled
+
+    for kind in CPU_INTRINSICS if cpu_only else ALL_INTRINSICS:
+        if kind == "cuda" or enabled("llvm"):  # as the package's __init__ decides
+            importlib.import_module(f"{TVM_INTRINSICS}.{kind}")
+
 
 
 def fast_build(mod, target, _params):
