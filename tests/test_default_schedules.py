@@ -520,10 +520,11 @@ def test_int8_depthwise_taps_in_pairs_on_aarch64(tmp_path, kernel, stride):
     np.testing.assert_array_equal(got, expected)
 
 
-def _padded_kernel(other_reader: bool = False, interior_rows: int = 4):
+def _padded_kernel(other_reader: bool = False, interior_rows: int = 4, pad_in_a_shared_loop: bool = False):
     """A kernel as fusion makes it before a depthwise conv: its result (doubled input) into a buffer of
     its own, then TOPI's pad of it into the output with the zero point -3 (one row and column before, one
-    after); with other_reader, a second output reads the result too."""
+    after), then a copy of the input; with other_reader, the copy is of the result; with
+    pad_in_a_shared_loop, the pad and the copy are inside one loop (as a tuned schedule may leave it)."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -544,28 +545,56 @@ def _padded_kernel(other_reader: bool = False, interior_rows: int = 4):
                 vh, vw, vc = T.axis.remap("SSS", [h, w, c])
                 copy[0, vh, vw, vc] = result[0, vh, vw, vc] if other_reader else x[0, vh, vw, vc]
 
-    return padded
+    @T.prim_func(s_tir=True)
+    def pad_in_shared_loop(x: T.Buffer((1, 4, 5, 8), "int8"), out: T.Buffer((1, 6, 7, 8), "int8"),
+                           copy: T.Buffer((1, 4, 5, 8), "int8")):
+        result = T.sblock_alloc_buffer((1, 4, 5, 8), "int8")
+        for h, w, c in T.grid(4, 5, 8):
+            with T.sblock("double"):
+                vh, vw, vc = T.axis.remap("SSS", [h, w, c])
+                result[0, vh, vw, vc] = x[0, vh, vw, vc] * T.int8(2)
+        for _ in range(1):
+            for h, w, c in T.grid(6, 7, 8):
+                with T.sblock("pad"):
+                    vh, vw, vc = T.axis.remap("SSS", [h, w, c])
+                    out[0, vh, vw, vc] = T.if_then_else(1 <= vh and vh < 5 and 1 <= vw and vw < 6,
+                                                        result[0, vh - 1, vw - 1, vc], T.int8(-3))
+            for h, w, c in T.grid(4, 5, 8):
+                with T.sblock("copy"):
+                    vh, vw, vc = T.axis.remap("SSS", [h, w, c])
+                    copy[0, vh, vw, vc] = x[0, vh, vw, vc]
+
+    return pad_in_shared_loop if pad_in_a_shared_loop else padded
 
 
 def test_a_padded_result_is_written_in_place():
     """compile/schedules/pad_in_place.py: the result's buffer becomes the padded output's interior (the
-    producer writes the output, the pad only its border), with the same values as NumPy's pad of the
-    result; a result something else reads too, or a test that is not the result's extent, is left alone."""
+    producer writes the output, the pad only its border: in loops over the border alone where the pad
+    has loops of its own, else by its own test), with the same values as NumPy's pad of the result; a
+    result something else reads too, or a test that is not the result's extent, is left alone."""
     import tvm
 
     from mnv2_edge.compile.schedules import pad_in_place
 
-    plain = _padded_kernel()
-    moved = pad_in_place.rewrite(plain)
-    assert "sblock_alloc_buffer" in plain.script() and "sblock_alloc_buffer" not in moved.script()
-    assert "out[0, vh + 1, vw + 1, vc] = x[0, vh, vw, vc] * T.int8(2)" in moved.script()  # the producer's
-    assert re.search(r"if not \(.*\):\s+out\[0, vh, vw, vc\] = T.int8\(-3\)", moved.script())  # the border's
     x = np.random.default_rng(0).integers(-60, 60, (1, 4, 5, 8)).astype("int8")
     expected = np.pad(2 * x, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-3)
-    for func in (plain, moved):
+    plain, shared = _padded_kernel(), _padded_kernel(pad_in_a_shared_loop=True)
+    moved, moved_in_shared = pad_in_place.rewrite(plain), pad_in_place.rewrite(shared)
+    for before, after in ((plain, moved), (shared, moved_in_shared)):
+        assert "sblock_alloc_buffer" in before.script() and "sblock_alloc_buffer" not in after.script()
+        assert "out[0, vh + 1, vw + 1, vc] = x[0, vh, vw, vc] * T.int8(2)" in after.script()  # the producer's
+    # the border alone: the rows above and below whole (7 x 8), then the columns left and right (4 x 1 x 8)
+    stores = re.findall(r"in T.grid\(1, (\d), (\d), 8\):\s+out\[\w+, \w+( \+ \d)?, \w+( \+ \d)?, \w+\] = "
+                        r"T.int8\(-3\)", moved.script())
+    assert stores == [("1", "7", "", ""), ("1", "7", " + 5", ""), ("4", "1", " + 1", ""), ("4", "1", " + 1", " + 6")], \
+        moved.script()
+    assert "if" not in moved.script()
+    assert moved.script().index('sblock("pad_border")') < moved.script().index('sblock("double")')  # first
+    assert re.search(r"if not \(.*\):\s+out\[0, vh, vw, vc\] = T.int8\(-3\)", moved_in_shared.script())
+    for func in (plain, moved, moved_in_shared):
         kernel = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
-        out, copy = tvm.runtime.empty((1, 6, 7, 8), "int8"), tvm.runtime.empty((1, 4, 5, 8), "int8")
-        kernel(tvm.runtime.tensor(x), out, copy)
+        out, copy = tvm.runtime.tensor(np.full((1, 6, 7, 8), 99, "int8")), tvm.runtime.empty((1, 4, 5, 8), "int8")
+        kernel(tvm.runtime.tensor(x), out, copy)  # every element written: none keeps the 99 given
         np.testing.assert_array_equal(out.numpy(), expected)
     for other in (_padded_kernel(other_reader=True), _padded_kernel(interior_rows=3)):
         assert pad_in_place.rewrite(other).same_as(other)
