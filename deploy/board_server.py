@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 FUNCTION = "mnv2.litert"
@@ -120,12 +121,15 @@ def main() -> None:
         host, port = args.tracker.rsplit(":", 1)
         tracker = (host, int(port))
     # What rpc.Server runs, run here: rpc.Server starts a second interpreter for it (a PopenWorker),
-    # which imports TVM again: 7 s of the emulated board's 14-s start under qemu. Served alike: the
-    # listening loop in a thread, each session in a process forked from this one.
+    # which imports TVM again: 7 of the 14 s the emulated board's server took to start under qemu.
+    # Served alike: the listening loop in a thread, each session in a process forked from this one.
+    # Ctrl-C ends the process at once: the loop's thread is no daemon, and Python would wait for it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     server._popen_start_rpc_server(args.host, args.port, args.port_end, is_proxy=False, tracker_addr=tracker,
                                    key=args.key, custom_addr=args.custom_addr, no_fork=False,
                                    server_init_callback=prepare_server_process)
     server.PopenRPCServerState.current.thread.join()
+    sys.exit("error: the RPC server's listening loop stopped (the log above says why)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ output's at the pad's offset, so the tiles write the padded tensor directly, and
 only the zero point on the border. Where the pad's block has loops of its own (as the rules leave
 it), they become loops over the border's rows and columns alone, placed before the tiles'; else (a
 tuned schedule that moved it into the tiles' loops) the block keeps its loops and stores where its
-own test says the border is. A loop over the whole padded tensor testing each element was a
+own test says the border is. The loop of the pad's own test over the whole padded tensor was a
 parallel launch of its own after the tiles' (0.35/96 int8 on x86, 2 threads: 0.94x without it).
 The border goes first because one thread stores it: stored after the tiles, it had to fetch the
 cache lines it shares with the interior from the cores that wrote them (1.0/224 int8, x86, 2
@@ -53,6 +53,8 @@ def _pad_form(block, outputs) -> Pad | None:
         return None
     interior, load, value = call.args
     if not isinstance(load, TensorLoad) or len(load.indices) != len(store.indices):
+        return None
+    if not isinstance(value, (tirx.IntImm, tirx.FloatImm)):  # the border's loops store it outside the block
         return None
     analyzer, before = sym.Analyzer(), []
     for at, got in zip(store.indices, load.indices):
@@ -189,10 +191,7 @@ def _border_loops(pad: Pad, name: str):
     from tvm import s_tir, tirx
 
     shape, sizes = [int(d) for d in pad.output.shape], [int(d) for d in pad.result.shape]
-    dtype = pad.output.shape[0].ty.dtype
-
-    def const(value):
-        return tirx.IntImm(dtype, value)
+    dtypes = [d.ty.dtype for d in pad.output.shape]  # each axis's index type
 
     nests = []
     for axis, (before, size, full) in enumerate(zip(pad.before, sizes, shape)):
@@ -201,13 +200,15 @@ def _border_loops(pad: Pad, name: str):
                 continue
             ranges = [*zip(pad.before[:axis], sizes[:axis]), (start, stop - start),
                       *((0, n) for n in shape[axis + 1:])]  # (first, extent) per axis
-            loops = [tirx.Var(f"{name}_{len(nests)}_{i}", dtype) for i in range(len(shape))]
-            nest = tirx.BufferStore(pad.output, pad.value,
-                                    [v + const(first) if first else v for v, (first, _) in zip(loops, ranges)])
+            loops = [tirx.Var(f"{name}_{len(nests)}_{i}", dtype) for i, dtype in enumerate(dtypes)]
+            nest = tirx.BufferStore(pad.output, pad.value, [v + tirx.IntImm(v.ty.dtype, first) if first else v
+                                                           for v, (first, _) in zip(loops, ranges)])
             for v, (_, extent) in reversed(list(zip(loops, ranges))):
-                nest = tirx.For(v, const(0), const(extent), tirx.ForKind.SERIAL, nest)
+                nest = tirx.For(v, tirx.IntImm(v.ty.dtype, 0), tirx.IntImm(v.ty.dtype, extent), tirx.ForKind.SERIAL,
+                                nest)
             nests.append(nest)
-    whole = tirx.BufferRegion(pad.output, [tvm.ir.Range.from_min_extent(const(0), const(n)) for n in shape])
+    whole = tirx.BufferRegion(pad.output, [tvm.ir.Range.from_min_extent(tirx.IntImm(dtype, 0), tirx.IntImm(dtype, n))
+                                           for dtype, n in zip(dtypes, shape)])
     return s_tir.SBlockRealize([], True, s_tir.SBlock([], [], [whole], f"{name}_border", tirx.SeqStmt(nests)))
 
 

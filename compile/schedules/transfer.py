@@ -123,7 +123,7 @@ class Sources:
 
         from mnv2_edge.compile.schedules import tuning
 
-        tuning.register_tvm_intrinsics(cpu_only=True)  # "llvm" postprocessors: a CPU's
+        tuning.register_tvm_intrinsics(cpu_only=True)  # CPU postprocessors tensorize with x86's and Arm's only
         context = ms.TuneContext(mod=mod, target=self.target)
         postprocs = ms.postproc.Postproc.create("llvm")
         for postproc in postprocs:

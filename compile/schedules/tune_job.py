@@ -127,12 +127,13 @@ UNRANKED_POPULATION = 64
 def search_strategy(trials: int):
     """MetaSchedule's evolutionary search for one task's `trials`, its population sized to what the
     cost model can rank. XGBModel scores candidates at random until it has measured
-    COST_MODEL_WARMUP of them, and each task's search here starts a fresh model: a search of fewer
-    trials draws them at random from the population whatever its size. Sampling and evolving
+    COST_MODEL_WARMUP of them, and each task's search here starts a fresh model: a search of no
+    more trials picks them at random from the population (random samples, the database's best
+    records, their mutations), whose size then changes little but the time. Sampling and evolving
     MetaSchedule's default 512 took 10 s a task longer than 64 (EPYC, the 0.35/96 stem, 2 trials)."""
     from tvm.s_tir import meta_schedule as ms
 
-    if trials >= COST_MODEL_WARMUP:
+    if trials > COST_MODEL_WARMUP:
         return ms.search_strategy.EvolutionarySearch()
     return ms.search_strategy.EvolutionarySearch(population_size=UNRANKED_POPULATION)
 
