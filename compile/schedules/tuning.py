@@ -198,7 +198,6 @@ def register_tvm_intrinsics(cpu_only: bool) -> None:
             importlib.import_module(f"{TVM_INTRINSICS}.{kind}")
 
 
-
 def fast_build(mod, target, _params):
     """MetaSchedule's default build without importing tvm.s_tir.tensor_intrin in every fresh worker
     (about 18 s of CPU per worker per batch, which made builds time out), lowered as a model's
