@@ -281,7 +281,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
     dotprod (the Pi 4's A72) 8 products of an output channel per smull, added pairwise into its 4
     partial sums by sadalp (12 input channels, not whole steps of 8, keep the plain conv), and the stem (36 products a
     pixel, not whole steps of 8) stays plain, each input byte spread by ldrsb and dup for smlal
-    (neon_widening). A target without AVX2 keeps the plain conv and matmul.
+    (neon_widening). A target without AVX2 keeps the plain conv and matmul. On x86 the requantization's
+    products are vpmuldq (x86_fixed_point).
     Compiled for every target; run where this CPU can."""
     import subprocess
 
@@ -346,6 +347,8 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                     assert re.search(r"\ssmull\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing)
                     assert re.search(r"\ssadalp\s+v\d+\.4s, v\d+\.8h", listing)
                     assert re.search(r"\saddp\s+v\d+\.4s", listing)  # 4 outputs' partial sums at once
+            else:  # the requantization's products on int32 lanes (x86_fixed_point), none of 64-bit lanes
+                assert re.search(r"\svpmuldq\s", listing) and not re.search(r"\svpmullq\s", listing)
         else:
             assert not forms and "PointwiseDot" not in applied.values()
         if flag and flag not in _cpu_flags():
@@ -368,7 +371,7 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
 def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
     """compile/schedules/neon_fixed_point.py: SaturatingRoundingDoublingHighMul, (x m + 2^30) >> 31 in
     64 bits, becomes one sqrdmulh, also where TVM's simplifier spread the product over a sum (a
-    residual add's rescale); a different rounding, shift or multiplier stays as it is. The rounding
+    residual add's rescale) or the widening over the sum and shift inside it; a different rounding, shift or multiplier stays as it is. The rounding
     right shift (v + ((1 << r) >> 1)) >> r becomes srshl by -r, with the half anywhere in the sum or
     folded to a constant; another half stays. Compiled for the Cortex-A76: an add and a
     requantization without the 64-bit products, with srshl (the emulated board runs such kernels
@@ -387,6 +390,9 @@ def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
     assert found is not None and found[0].same_as(a) and found[1].same_as(m)
     spread = neon_fixed_point.doubling_high_operands(high(wide(a) * wide(m) + wide(b) * wide(m) - wide(c) * wide(m)))
     assert spread is not None and str(spread[0]) == "a + b - c" and spread[1].same_as(m)
+    inside = neon_fixed_point.doubling_high_operands(high(
+        tirx.LShift(wide(a) - wide(b) + tirx.IntImm("int64", 22), tirx.IntImm("int64", 20)) * wide(m)))
+    assert inside is not None and str(inside[0]) == "a - b + 22 << 20" and inside[1].same_as(m)
     for other in (high(wide(a) * wide(m), rounding=1 << 29), high(wide(a) * wide(m), shift=30),
                   high(wide(a) * wide(m) + wide(b) * wide(m2))):
         assert neon_fixed_point.doubling_high_operands(other) is None
@@ -432,6 +438,47 @@ def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
                              capture_output=True, text=True, check=True).stdout
     assert re.search(r"\ssqrdmulh\s+v\d+\.4s", listing) and not re.search(r"\ssmull2?\s+v\d+\.2d", listing)
     assert re.search(r"\ssrshl\s+v\d+\.4s", listing)
+
+
+@pytest.mark.parametrize("target_dict,flag", [(ZNVER4, "avx512f"), (HASWELL, "avx2"), (SSE4, None)],
+                         ids=["avx512", "avx2", "sse4"])
+def test_x86_doubling_high_multiply_on_vpmuldq_is_gemmlowps(tmp_path, target_dict, flag):
+    """compile/schedules/x86_fixed_point.py: SaturatingRoundingDoublingHighMul on x86 as vpmuldq of the
+    even and of the odd int32 lanes, blended, with no 64-bit lanes multiplied (vpmullq) or widened
+    (vpmovsxdq); against gemmlowp's definition (test_int8.gemmlowp_multiply, its nudge by sign and
+    truncating division) at int32's extremes, every lane of the vectors a different pair, a multiplier
+    per channel. Compiled for each target; run where this CPU can."""
+    import subprocess
+
+    import tvm
+    from test_int8 import gemmlowp_multiply
+    from tvm import relax
+
+    from mnv2_edge.compile.frontend import fixed_point
+
+    rng = np.random.default_rng(17)
+    channels = 48
+    edges = np.array([-(1 << 31), -(1 << 31) + 1, -(1 << 30), -12345, -1, 0, 1, 77777, (1 << 30), (1 << 31) - 1])
+    x = np.concatenate([np.repeat(edges, channels), rng.integers(-(1 << 31), 1 << 31, 6 * channels)])
+    x = x.reshape(1, 4, -1, channels).astype("int32")
+    multipliers = np.concatenate([[0, 1, (1 << 30), (1 << 31) - 1],
+                                  rng.integers(0, 1 << 31, channels - 4)]).astype("int32")
+    high = lambda acc, m: fixed_point._doubling_high(acc.shape, lambda *i: acc(*i), m, 0, "high",  # noqa: E731
+                                                     left_shifts=False)
+    mod = _relax_function(lambda acc: relax.BlockBuilder.current().call_te(
+        high, acc, fixed_point.const(multipliers, "int32")), (x.shape, "int32"))
+    executable, _ = _compile(mod, target_dict)
+    executable.export_library(str(tmp_path / "kernel.so"))
+    listing = subprocess.run(["objdump", "-d", str(tmp_path / "kernel.so")], capture_output=True, text=True,
+                             check=True).stdout
+    assert re.search(r"\svpmuldq\s" if flag else r"\spmuldq\s", listing)
+    assert not re.search(r"\s(vpmullq|v?pmovsxdq)\s", listing)
+    if flag and flag not in _cpu_flags():
+        pytest.skip(f"compiled and checked for vpmuldq, but this CPU has no {flag} to run it")
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    wide = x.reshape(-1, channels).astype(np.int64)
+    expected = np.stack([gemmlowp_multiply(wide[:, c], int(multipliers[c]), 0, False) for c in range(channels)], axis=1)
+    np.testing.assert_array_equal(got.reshape(-1, channels), expected)
 
 
 def test_neon_widening_only_for_an_8bit_broadcast_times_8bit_lanes():

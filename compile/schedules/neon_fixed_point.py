@@ -36,16 +36,21 @@ def _int_value(expr) -> int | None:
 
 def _int32_operand(expr):
     """x of Cast(int64, x) where x is int32 (any lanes); None otherwise. TVM's simplifier distributes
-    the widening over a sum (Cast(int64, a + b) becomes Cast(int64, a) + Cast(int64, b)), so a sum of
-    such casts is the int32 sum of their operands."""
+    the widening over a sum (Cast(int64, a + b) becomes Cast(int64, a) + Cast(int64, b)), so a sum or
+    difference of such casts (or such a cast shifted left) is the int32 sum or difference (or shift)."""
     from tvm import tirx
 
     if isinstance(expr, tirx.Cast) and expr.ty.dtype.startswith("int64") and \
             expr.value.ty.dtype.split("x")[0] == "int32":
         return expr.value
-    if isinstance(expr, tirx.Add):
+    if isinstance(expr, (tirx.Add, tirx.Sub)):
         a, b = _int32_operand(expr.a), _int32_operand(expr.b)
-        return a + b if a is not None and b is not None else None
+        if a is None or b is None:
+            return None
+        return a + b if isinstance(expr, tirx.Add) else a - b
+    if type(expr).__name__ == "LShift":  # the ADD's inputs, shifted left in int32 before their rescale
+        value, amount = _int32_operand(expr.a), _int32_operand(expr.b)
+        return value << amount if value is not None and amount is not None else None
     constant = _int_value(expr)  # a multiplier known when compiling, widened to int64 by the simplifier
     if constant is not None and -(1 << 31) <= constant < 1 << 31:
         narrow = tirx.IntImm("int32", constant)
