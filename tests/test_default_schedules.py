@@ -481,6 +481,52 @@ def test_x86_doubling_high_multiply_on_vpmuldq_is_gemmlowps(tmp_path, target_dic
     np.testing.assert_array_equal(got.reshape(-1, channels), expected)
 
 
+def test_small_kernels_run_their_parallel_loops_serially():
+    """compile/schedules/serial_small_kernels.py: a kernel's element writes are its stores' lanes times
+    the trip counts around them (a vector store of 16 lanes in 4 x 3 iterations and a scalar one
+    after, under a condition: 4 x (3 x 16 + 1)); below SERIAL_BELOW its parallel loops become
+    serial, at or above it they stay parallel; the loops' other kinds and the stores stay as they are.
+    And in the x86 pipeline: an element-wise kernel of 6 x 6 x 64 elements compiles without a
+    parallel launch, one of 64 x 64 x 32 with one."""
+    import tvm
+    from tvm import relax, tirx
+
+    from mnv2_edge.compile.schedules import serial_small_kernels, tir_pipeline
+
+    def kernel(outer: int, inner: int):
+        data = tirx.decl_buffer((outer * (inner * 16 + 1),), "int32", name="data")
+        i, j = tirx.Var("i", "int32"), tirx.Var("j", "int32")
+        row = i * (inner * 16 + 1)
+        vector = tirx.BufferStore(data, tirx.Broadcast(tirx.IntImm("int32", 1), 16),
+                                  [tirx.Ramp(row + j * 16, tirx.IntImm("int32", 1), 16)])
+        scalar = tirx.IfThenElse(i >= 0, tirx.BufferStore(data, tirx.IntImm("int32", 2), [row + inner * 16]), None)
+        body = tirx.SeqStmt([tirx.For(j, 0, inner, tirx.ForKind.UNROLLED, vector), scalar])
+        return tirx.PrimFunc([data], tirx.For(i, 0, outer, tirx.ForKind.PARALLEL, body))
+
+    def kinds(func) -> list[str]:
+        from tvm_ffi.structural import structural_map
+
+        found = []
+        structural_map(func, [(tirx.For, lambda loop: found.append(tirx.ForKind(loop.kind).name) or loop)])
+        return sorted(found)
+
+    assert serial_small_kernels.element_writes(kernel(4, 3)) == 4 * (3 * 16 + 1)
+    small, large = kernel(4, 3), kernel(serial_small_kernels.SERIAL_BELOW // 16, 1)
+    assert serial_small_kernels.element_writes(large) >= serial_small_kernels.SERIAL_BELOW
+    assert kinds(serial_small_kernels.rewrite(small)) == ["SERIAL", "UNROLLED"]
+    assert kinds(serial_small_kernels.rewrite(large)) == kinds(large) == ["PARALLEL", "UNROLLED"]
+    assert str(serial_small_kernels.rewrite(small)).replace("range(4)", "T.parallel(4)") == str(small)
+
+    target = tvm.target.Target(HASWELL)
+    assert "x86" in tir_pipeline.tir_pipeline(target)
+    for shape, parallel in (((1, 6, 6, 64), False), ((1, 64, 64, 32), True)):
+        mod = _relax_function(lambda a, b: relax.op.add(a, b), (shape, "float32"), (shape, "float32"))
+        executable, applied = _compile(mod, HASWELL)
+        assert "Elementwise" in applied.values(), applied
+        source = executable.mod.imports[0].inspect_source("ll")
+        assert ("TVMBackendParallelLaunch" in source) == parallel, shape
+
+
 def test_neon_widening_only_for_an_8bit_broadcast_times_8bit_lanes():
     """compile/schedules/neon_widening.py: Broadcast(Cast(int32, x)) * Cast(int32xN, w), x and w 8-bit,
     in either order, becomes smull of int16 lanes (4-lane slices); a 16-bit operand, two vectors, two

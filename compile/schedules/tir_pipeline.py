@@ -2,12 +2,13 @@
 (pad_in_place: a padded result written straight into the padded tensor), TVM's default lowering,
 then our rewrites of the vectorized requantization for the architecture: on AArch64
 neon_fixed_point (sqrdmulh, srshl) and neon_widening (an 8-bit broadcast times 8-bit weights), on
-x86 x86_fixed_point (vpmuldq). Each keeps the integers and changes only where they are written or
-which instructions compute them."""
+x86 x86_fixed_point (vpmuldq) and serial_small_kernels (no thread pool for a few microseconds of
+work). Each keeps the integers and changes only where they are written, which instructions compute
+them or how many threads do."""
 
 from __future__ import annotations
 
-from mnv2_edge.compile.schedules import neon_fixed_point, neon_widening, pad_in_place, x86_fixed_point
+from mnv2_edge.compile.schedules import neon_fixed_point, neon_widening, pad_in_place, serial_small_kernels, x86_fixed_point
 
 # The registered pipelines' names, by the target's architecture (CPUShape.arch); CPU for the others
 PIPELINES = {"aarch64": "mnv2-aarch64", "x86_64": "mnv2-x86", "i686": "mnv2-x86"}
@@ -17,7 +18,7 @@ CPU = "mnv2-cpu"
 def _rewrites(name: str) -> list:
     if name == PIPELINES["aarch64"]:
         return [neon_fixed_point.pass_(), neon_widening.pass_()]
-    return [x86_fixed_point.pass_()] if name == PIPELINES["x86_64"] else []
+    return [x86_fixed_point.pass_(), serial_small_kernels.pass_()] if name == PIPELINES["x86_64"] else []
 
 
 def tir_pipeline(target) -> str:
