@@ -347,10 +347,10 @@ def test_int8_pointwise_on_dot_products_is_exact(tmp_path, target_dict, flag, in
                     assert re.search(r"\ssmull\s+v\d+\.8h, v\d+\.8b, v\d+\.8b", listing)
                     assert re.search(r"\ssadalp\s+v\d+\.4s, v\d+\.8h", listing)
                     assert re.search(r"\saddp\s+v\d+\.4s", listing)  # 4 outputs' partial sums at once
-            else:  # the requantization's products on int32 lanes (x86_fixed_point), none of 64-bit lanes
-                assert re.search(r"\svpmuldq\s", listing) and not re.search(r"\svpmullq\s", listing)
         else:
             assert not forms and "PointwiseDot" not in applied.values()
+        if not arm:  # the requantization's products on int32 lanes (x86_fixed_point), no int64 lanes widened
+            assert re.search(r"\sv?pmuldq\s", listing) and not re.search(r"\s(vpmullq|v?pmovsxdq)\s", listing)
         if flag and flag not in _cpu_flags():
             continue  # this CPU cannot run the code; compiled and checked above, and said below
         got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()

@@ -626,7 +626,8 @@ def apply_pass(applied: dict | None = None):
 
 def compile_cpu(mod, target, database=None, applied: dict | None = None):
     """Compile a Relax module for a CPU target as every build does: cpu_pipeline for Relax, and for
-    TIR TVM's default lowering, with our requantization rewrites for AArch64 and x86 (tir_pipeline). Inside
+    TIR TVM's default lowering with our rewrites for AArch64 and x86 (tir_pipeline: the requantization's
+    instructions; on x86 small kernels on one thread). Inside
     the caller's target and PassContext (and the database's context when tuned)."""
     import tvm
 

@@ -35,9 +35,12 @@ def _int_value(expr) -> int | None:
 
 
 def _int32_operand(expr):
-    """x of Cast(int64, x) where x is int32 (any lanes); None otherwise. TVM's simplifier distributes
-    the widening over a sum (Cast(int64, a + b) becomes Cast(int64, a) + Cast(int64, b)), so a sum or
-    difference of such casts (or such a cast shifted left) is the int32 sum or difference (or shift)."""
+    """The int32 expression the front end widened: x of Cast(int64, x) where x is int32 (any lanes),
+    a constant that fits int32 as one; None otherwise. TVM's simplifier pushes the widening inward
+    (Cast(int64, a + b) becomes Cast(int64, a) + Cast(int64, b)), so a sum or difference of such
+    terms, or one shifted left by a constant of 0-31 places or by a widened int32, is the front end's
+    int32 sum, difference or shift: every int64 Add, Sub and LShift that reaches here is such a
+    widening pushed inward (the front end computes them in int32)."""
     from tvm import tirx
 
     if isinstance(expr, tirx.Cast) and expr.ty.dtype.startswith("int64") and \
@@ -50,7 +53,11 @@ def _int32_operand(expr):
         return a + b if isinstance(expr, tirx.Add) else a - b
     if type(expr).__name__ == "LShift":  # the ADD's inputs, shifted left in int32 before their rescale
         value, amount = _int32_operand(expr.a), _int32_operand(expr.b)
-        return value << amount if value is not None and amount is not None else None
+        constant = _int_value(expr.b)  # an int32 shift is defined up to 31 places
+        if value is None or amount is None or (constant is not None and not 0 <= constant < 32) or \
+                (constant is None and not isinstance(expr.b, tirx.Cast)):
+            return None
+        return value << amount
     constant = _int_value(expr)  # a multiplier known when compiling, widened to int64 by the simplifier
     if constant is not None and -(1 << 31) <= constant < 1 << 31:
         narrow = tirx.IntImm("int32", constant)

@@ -17,14 +17,15 @@ SERIAL_BELOW = 65536  # element writes
 
 
 def element_writes(func) -> int:
-    """The elements a PrimFunc's stores write, each store's lanes times the trip counts around it
-    (loops of unknown extent count once)."""
+    """The elements a PrimFunc's stores write, each store's lanes times the trip counts around it. A
+    loop of unknown extent counts as SERIAL_BELOW trips (such a kernel stays parallel), a While loop's
+    body once, a call (Evaluate) nothing: calls hold no parallel loops."""
     from tvm import tirx
 
     def walk(stmt, trips: int) -> int:
         if isinstance(stmt, tirx.For):
             extent = stmt.extent
-            return walk(stmt.body, trips * (int(extent.value) if isinstance(extent, tirx.IntImm) else 1))
+            return walk(stmt.body, trips * (int(extent.value) if isinstance(extent, tirx.IntImm) else SERIAL_BELOW))
         if isinstance(stmt, tirx.BufferStore):
             dtype = stmt.value.ty.dtype
             return trips * (int(dtype.split("x")[1]) if "x" in dtype else 1)
@@ -32,7 +33,7 @@ def element_writes(func) -> int:
             return sum(walk(child, trips) for child in stmt.seq)
         if isinstance(stmt, tirx.IfThenElse):
             return walk(stmt.then_case, trips) + (walk(stmt.else_case, trips) if stmt.else_case is not None else 0)
-        body = getattr(stmt, "body", None)  # LetStmt, AttrStmt, Allocate, DeclBuffer...
+        body = getattr(stmt, "body", None)  # AttrStmt, While
         return walk(body, trips) if isinstance(body, tirx.Stmt) else 0
 
     return walk(func.body, 1)
@@ -50,7 +51,8 @@ def rewrite(func):
         if loop.kind != tirx.ForKind.PARALLEL:
             return loop
         return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, loop.body,
-                        loop.thread_binding, loop.annotations, loop.step, loop.span)
+                        thread_binding=loop.thread_binding, annotations=loop.annotations, step=loop.step,
+                        span=loop.span)
 
     return structural_map(func, [(tirx.For, on_for)])
 

@@ -1,24 +1,24 @@
 """The TIR pipeline of every CPU build and tuning candidate: our rewrite of the scheduled kernels
 (pad_in_place: a padded result written straight into the padded tensor), TVM's default lowering,
-then our rewrites of the vectorized requantization for the architecture: on AArch64
-neon_fixed_point (sqrdmulh, srshl) and neon_widening (an 8-bit broadcast times 8-bit weights), on
-x86 x86_fixed_point (vpmuldq) and serial_small_kernels (no thread pool for a few microseconds of
-work). Each keeps the integers and changes only where they are written, which instructions compute
-them or how many threads do."""
+then our rewrites of the lowered kernels for the architecture: on AArch64 neon_fixed_point (the
+requantization's sqrdmulh, srshl) and neon_widening (an 8-bit broadcast times 8-bit weights); on
+x86 x86_fixed_point (the requantization's vpmuldq) and serial_small_kernels (no thread pool for a
+few microseconds of work). Each keeps the integers and changes only where they are written, which
+instructions compute them or how many threads do."""
 
 from __future__ import annotations
 
 from mnv2_edge.compile.schedules import neon_fixed_point, neon_widening, pad_in_place, serial_small_kernels, x86_fixed_point
 
 # The registered pipelines' names, by the target's architecture (CPUShape.arch); CPU for the others
-PIPELINES = {"aarch64": "mnv2-aarch64", "x86_64": "mnv2-x86", "i686": "mnv2-x86"}
-CPU = "mnv2-cpu"
+AARCH64, X86, CPU = "mnv2-aarch64", "mnv2-x86", "mnv2-cpu"
+PIPELINES = {"aarch64": AARCH64, "x86_64": X86, "i686": X86}
 
 
 def _rewrites(name: str) -> list:
-    if name == PIPELINES["aarch64"]:
+    if name == AARCH64:
         return [neon_fixed_point.pass_(), neon_widening.pass_()]
-    return [x86_fixed_point.pass_(), serial_small_kernels.pass_()] if name == PIPELINES["x86_64"] else []
+    return [x86_fixed_point.pass_(), serial_small_kernels.pass_()] if name == X86 else []
 
 
 def tir_pipeline(target) -> str:

@@ -201,7 +201,8 @@ def register_tvm_intrinsics(cpu_only: bool) -> None:
 def fast_build(mod, target, _params):
     """MetaSchedule's default build without importing tvm.s_tir.tensor_intrin in every fresh worker
     (about 18 s of CPU per worker per batch, which made builds time out), lowered as a model's
-    build lowers it (on AArch64, with NEON's fixed-point forms): a candidate is timed as it will run."""
+    build lowers it (tir_pipeline: on AArch64 NEON's fixed-point forms, on x86 vpmuldq and small
+    kernels on one thread): a candidate is timed as it will run."""
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 

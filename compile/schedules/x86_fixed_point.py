@@ -7,11 +7,15 @@ x's sum (the bias, the VNNI offset), it adds those in int64 too, multiplies with
 narrows each half back (vpmovqd) and joins them: about 15 instructions per 16 lanes.
 
 x86's own widening multiply, vpmuldq, takes the even int32 lanes of two vectors and gives their
-int64 products; the odd lanes are the same instruction on the vectors shifted down a lane. The
-even products' results are their low halves after >> 31, the odd ones' their high halves after
-<< 1, and one blend of dwords interleaves them: two multiplies, two adds, two shifts and a shift
-and a blend per vector, in the vector's own width, the sum x kept in int32. The same integers
-(the product is exact in 64 bits; its result fits 32 since m < 2^31), so bit-exact as before.
+int64 products; the odd lanes are the same instruction on the vectors shifted down a lane (vpsrlq;
+for a constant multiplier LLVM folds the shift and may use vpmullq on the odd half). With
+q = product + 2^30, the result is bits 31-62 of q: the low dword of q >> 31 for the even lanes, the
+high dword of q << 1 for the odd ones, and one masked move of dwords (vmovdqa32 {k}) interleaves
+them. In 1.0/224's first expansion (AVX-512) each 16 lanes take 9 instructions: the int32 sum x
+(one vpaddd: the bias and the VNNI offset folded by LLVM), two vpmuldq, a vpsrlq of x, two
+vpaddq, a vpsrlq, the odd << 1 (as vpaddq) and the masked move; before, about 15 and the sum in
+int64. Exact for every int32 x and m: q has at most 63 significant bits (|product| <= 2^62), and
+both halves read its bits 31-62 (q << 1 wraps only for x = m = INT32_MIN, the bits still right).
 Without AVX-512's vpmullq (AVX2) LLVM had made each 64-bit product of three vpmuludq and shifts.
 
 Measured (AMD EPYC znver4, 2 threads, the two builds in one process, interleaved, medians, outputs
@@ -25,8 +29,9 @@ from mnv2_edge.compile.schedules.neon_fixed_point import doubling_high_operands,
 
 def _halves(value, lanes: int):
     """(low, high): the sign-extended int32 lanes 0, 2, 4... and 1, 3, 5... of an int32 vector as
-    int64 lanes, in the forms LLVM recognises as vpmuldq's operands (it reads only their low dwords,
-    so the shifts go)."""
+    int64 lanes (lane 2i is the low dword of int64 lane i), in the forms LLVM recognises as vpmuldq's
+    operands: it reads only their low dwords, so the low lanes' shifts go and the high lanes' become
+    one vpsrlq."""
     from tvm import tirx
 
     wide = tirx.reinterpret(f"int64x{lanes // 2}", value)
@@ -52,18 +57,16 @@ def doubling_high(x, m, lanes: int):
 
 
 def rewrite(func):
-    """The PrimFunc with every vectorized doubling high multiply of an even number of lanes on vpmuldq."""
+    """The PrimFunc with every vectorized doubling high multiply of a multiple of 2 lanes, at least 4
+    (2 lanes would make 1-lane int64 halves, scalars), on vpmuldq."""
     from tvm import tirx
     from tvm_ffi.structural import structural_map
 
     def on_cast(cast):
         operands, lanes = doubling_high_operands(cast), lanes_of(cast)
-        if operands is None or lanes < 2 or lanes % 2:
+        if operands is None or lanes < 4 or lanes % 2:
             return cast
-        x, m = operands
-        if lanes_of(m) == 1:
-            m = tirx.Broadcast(m, lanes)
-        return doubling_high(x, m, lanes)
+        return doubling_high(*operands, lanes)
 
     return structural_map(func, [(tirx.Cast, on_cast)])
 
