@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from mnv2_edge.compile.schedules import default_schedules, fusion, neon_fixed_point
+from mnv2_edge.compile.schedules import default_schedules, fixed_point_forms, fusion, neon_fixed_point
 from mnv2_edge.compile.schedules.cpu import CPUShape
 from mnv2_edge.compile.frontend import float64_reference
 
@@ -386,27 +386,27 @@ def test_neon_fixed_point_forms_only_in_their_exact_form(tmp_path):
     wide = lambda v: tirx.Cast("int64", v)  # noqa: E731
     high = lambda product, rounding=1 << 30, shift=31: tirx.Cast(  # noqa: E731
         "int32", tirx.RShift(product + tirx.IntImm("int64", rounding), tirx.IntImm("int64", shift)))
-    found = neon_fixed_point.doubling_high_operands(high(wide(a) * wide(m)))
+    found = fixed_point_forms.doubling_high_operands(high(wide(a) * wide(m)))
     assert found is not None and found[0].same_as(a) and found[1].same_as(m)
-    spread = neon_fixed_point.doubling_high_operands(high(wide(a) * wide(m) + wide(b) * wide(m) - wide(c) * wide(m)))
+    spread = fixed_point_forms.doubling_high_operands(high(wide(a) * wide(m) + wide(b) * wide(m) - wide(c) * wide(m)))
     assert spread is not None and str(spread[0]) == "a + b - c" and spread[1].same_as(m)
-    inside = neon_fixed_point.doubling_high_operands(high(
+    inside = fixed_point_forms.doubling_high_operands(high(
         tirx.LShift(wide(a) - wide(b) + tirx.IntImm("int64", 22), tirx.IntImm("int64", 20)) * wide(m)))
     assert inside is not None and str(inside[0]) == "a - b + 22 << 20" and inside[1].same_as(m)
     for other in (high(wide(a) * wide(m), rounding=1 << 29), high(wide(a) * wide(m), shift=30),
                   high(wide(a) * wide(m) + wide(b) * wide(m2))):
-        assert neon_fixed_point.doubling_high_operands(other) is None
+        assert fixed_point_forms.doubling_high_operands(other) is None
 
     r = tirx.Var("r", "int32")
     half = lambda amount: tirx.RShift(tirx.LShift(tirx.IntImm("int32", 1), amount), tirx.IntImm("int32", 1))  # noqa: E731
-    rounded = neon_fixed_point.rounding_shift_operands(tirx.RShift(a - b + half(r), r))
+    rounded = fixed_point_forms.rounding_shift_operands(tirx.RShift(a - b + half(r), r))
     assert rounded is not None and str(rounded[0]) == "a - b" and rounded[1].same_as(r)
-    assert str(neon_fixed_point.rounding_shift_operands(tirx.RShift(half(r) + a, r))[0]) == "a"
+    assert str(fixed_point_forms.rounding_shift_operands(tirx.RShift(half(r) + a, r))[0]) == "a"
     five = tirx.IntImm("int32", 5)
-    assert str(neon_fixed_point.rounding_shift_operands(tirx.RShift(a + tirx.IntImm("int32", 16), five))[0]) == "a"
+    assert str(fixed_point_forms.rounding_shift_operands(tirx.RShift(a + tirx.IntImm("int32", 16), five))[0]) == "a"
     for other in (tirx.RShift(a + half(c), r), tirx.RShift(a - half(r), r), tirx.RShift(a + tirx.IntImm("int32", 8), five),
                   tirx.RShift(a + b, r)):
-        assert neon_fixed_point.rounding_shift_operands(other) is None
+        assert fixed_point_forms.rounding_shift_operands(other) is None
 
     # Up to MAX_LANES the vector is cut into srshl's 4-lane slices; wider (tuning candidates of 24-64
     # lanes, whose nested slices took over 6 GB to compile) keeps LLVM's form.

@@ -17,7 +17,8 @@ up to neon_fixed_point.MAX_LANES, by that module's neon_intrinsic.
 
 from __future__ import annotations
 
-from mnv2_edge.compile.schedules.neon_fixed_point import MAX_LANES, lanes_of, neon_intrinsic
+from mnv2_edge.compile.schedules.fixed_point_forms import lanes_of
+from mnv2_edge.compile.schedules.neon_fixed_point import MAX_LANES, neon_intrinsic
 
 SMULL = "llvm.aarch64.neon.smull"  # int32 lanes from int16 lanes: 4 a call (no 2-lane int32 form)
 

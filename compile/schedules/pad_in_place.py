@@ -128,13 +128,11 @@ def rewrite(func):
         if pad is not None:  # only the border: the interior is the tiles' own writes
             border = tirx.IfThenElse(tirx.Not(pad.interior),
                                      tirx.BufferStore(pad.output, pad.value, block.body.indices), None)
-            return s_tir.SBlock(block.iter_vars, [], block.writes, block.name_hint, border, block.init,
-                                block.alloc_buffers, block.match_buffers, block.annotations)
+            return _block_with(block, reads=[], body=border)
         kept = [b for b in block.alloc_buffers if moved(b) is None]
         if len(kept) == len(block.alloc_buffers):
             return block
-        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, block.body, block.init,
-                            kept, block.match_buffers, block.annotations)
+        return _block_with(block, alloc_buffers=kept)
 
     def on_load(load):
         pad = moved(load.source)
@@ -163,14 +161,24 @@ def rewrite(func):
                 body.append(stmt)
             else:
                 borders.append(_border_loops(pad, leaf.block.name_hint))
-        return s_tir.SBlockRealize(realize.iter_values, realize.predicate, s_tir.SBlock(
-            block.iter_vars, block.reads, block.writes, block.name_hint, tirx.SeqStmt(borders + body), block.init,
-            block.alloc_buffers, block.match_buffers, block.annotations))
+        return s_tir.SBlockRealize(realize.iter_values, realize.predicate,
+                                   _block_with(block, body=tirx.SeqStmt(borders + body)))
 
     # The pads' blocks first (rebuilt from their original bodies), then every access to the results.
     func = structural_map(func, [(s_tir.SBlock, on_block)])
     func = structural_map(func, [(s_tir.SBlockRealize, on_root)])
     return structural_map(func, [(TensorLoad, on_load), (tirx.BufferStore, on_store), (TensorRegion, on_region)])
+
+
+_BLOCK_FIELDS = ("iter_vars", "reads", "writes", "name_hint", "body", "init", "alloc_buffers", "match_buffers",
+                 "annotations")  # SBlock's constructor's arguments, in order
+
+
+def _block_with(block, **changed):
+    """The SBlock with the fields named changed, the others as they were."""
+    from tvm import s_tir
+
+    return s_tir.SBlock(*(changed.get(field, getattr(block, field)) for field in _BLOCK_FIELDS))
 
 
 def _innermost(stmt):

@@ -13,6 +13,8 @@ parallel loops serially. Only the loop kind changes: the same code in the same o
 
 from __future__ import annotations
 
+from mnv2_edge.compile.schedules.fixed_point_forms import lanes_of
+
 SERIAL_BELOW = 65536  # element writes
 
 
@@ -27,8 +29,7 @@ def element_writes(func) -> int:
             extent = stmt.extent
             return walk(stmt.body, trips * (int(extent.value) if isinstance(extent, tirx.IntImm) else SERIAL_BELOW))
         if isinstance(stmt, tirx.BufferStore):
-            dtype = stmt.value.ty.dtype
-            return trips * (int(dtype.split("x")[1]) if "x" in dtype else 1)
+            return trips * lanes_of(stmt.value)
         if isinstance(stmt, tirx.SeqStmt):
             return sum(walk(child, trips) for child in stmt.seq)
         if isinstance(stmt, tirx.IfThenElse):

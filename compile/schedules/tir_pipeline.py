@@ -13,12 +13,8 @@ from mnv2_edge.compile.schedules import neon_fixed_point, neon_widening, pad_in_
 # The registered pipelines' names, by the target's architecture (CPUShape.arch); CPU for the others
 AARCH64, X86, CPU = "mnv2-aarch64", "mnv2-x86", "mnv2-cpu"
 PIPELINES = {"aarch64": AARCH64, "x86_64": X86, "i686": X86}
-
-
-def _rewrites(name: str) -> list:
-    if name == AARCH64:
-        return [neon_fixed_point.pass_(), neon_widening.pass_()]
-    return [x86_fixed_point.pass_(), serial_small_kernels.pass_()] if name == X86 else []
+# Each pipeline's rewrites after TVM's lowering, in order (modules with a pass_())
+REWRITES = {AARCH64: (neon_fixed_point, neon_widening), X86: (x86_fixed_point, serial_small_kernels), CPU: ()}
 
 
 def tir_pipeline(target) -> str:
@@ -33,7 +29,8 @@ def tir_pipeline(target) -> str:
     if name not in PIPELINE_MAP:
         def factory():
             lower, host, device = default_s_tir_pipeline()
-            return tvm.transform.Sequential([pad_in_place.pass_(), lower, *_rewrites(name)]), host, device
+            rewrites = [module.pass_() for module in REWRITES[name]]
+            return tvm.transform.Sequential([pad_in_place.pass_(), lower, *rewrites]), host, device
 
         register_tir_pipeline(name, factory)
     return name

@@ -24,7 +24,7 @@ equal): int8 1.0/224 new/old 0.92x, 0.35/96 0.94x; the AVX2 build (znver3) of 1.
 
 from __future__ import annotations
 
-from mnv2_edge.compile.schedules.neon_fixed_point import doubling_high_operands, lanes_of
+from mnv2_edge.compile.schedules.fixed_point_forms import doubling_high_operands, lanes_of
 
 
 def _halves(value, lanes: int):
